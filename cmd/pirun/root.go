@@ -1,0 +1,105 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"text/template"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/pirun/pirun/image"
+	"github.com/pirun/pirun/runtime"
+)
+
+// globals are the flags every verb shares.
+type globals struct {
+	root  string
+	state string
+	debug bool
+}
+
+func newRootCmd() *cobra.Command {
+	g := &globals{}
+	cmd := &cobra.Command{
+		Use:   "pirun",
+		Short: "Run many small containers with little overhead: no daemon, no shim, one shared rootfs per image",
+		Long: `pirun pulls OCI images, unpacks each layer once, shares one read-only rootfs
+between all containers of an image through overlayfs, and starts containers
+directly through runc's libcontainer: no daemon, no shim per container.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	cmd.PersistentFlags().StringVar(&g.root, "root", envOr("PIRUN_ROOT", "/var/lib/pirun"), "image store directory (env PIRUN_ROOT)")
+	cmd.PersistentFlags().StringVar(&g.state, "state", envOr("PIRUN_STATE", "/run/pirun"), "runtime state directory, best on a tmpfs (env PIRUN_STATE)")
+	cmd.PersistentFlags().BoolVar(&g.debug, "debug", false, "log what pirun does to stderr")
+	cmd.AddCommand(
+		newPullCmd(g), newImagesCmd(g), newSpawnCmd(g), newRunCmd(g), newPsCmd(g),
+		newStopCmd(g), newRmCmd(g), newLogsCmd(g), newVersionCmd(),
+	)
+	return cmd
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func (g *globals) logger() *slog.Logger {
+	if !g.debug {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func (g *globals) store() (*image.Store, error) {
+	if g.root == "" {
+		return nil, fmt.Errorf("--root: empty path")
+	}
+	return image.Open(g.root, image.WithLogger(g.logger()))
+}
+
+func (g *globals) runtime() (*runtime.Runtime, error) {
+	if g.state == "" {
+		return nil, fmt.Errorf("--state: empty path")
+	}
+	s, err := g.store()
+	if err != nil {
+		return nil, err
+	}
+	return runtime.New(g.state, s, runtime.WithLogger(g.logger()))
+}
+
+// output is how a verb prints: a table for people, JSON or bare ids for scripts.
+type output struct {
+	format string
+	quiet  bool
+	tmpl   *template.Template
+}
+
+func (o *output) flags(cmd *cobra.Command, quietHelp string) {
+	cmd.Flags().StringVar(&o.format, "format", "table", "output format: table, json, or a Go template applied to each item (e.g. '{{.IP}}')")
+	cmd.Flags().BoolVarP(&o.quiet, "quiet", "q", false, quietHelp)
+}
+
+func (o *output) check() error {
+	if o.format == "table" || o.format == "json" {
+		return nil
+	}
+	t, err := template.New("format").Parse(o.format + "\n")
+	if err != nil {
+		return fmt.Errorf("--format %q: use table, json or a Go template: %w", o.format, err)
+	}
+	o.tmpl = t
+	return nil
+}
+
+// isTerminal reports whether w is a terminal (progress is shown only there).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}

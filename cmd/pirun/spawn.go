@@ -1,0 +1,79 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pirun/pirun/runtime"
+)
+
+func newSpawnCmd(g *globals) *cobra.Command {
+	var n int
+	var cfg runtime.Config
+	var out output
+	cmd := &cobra.Command{
+		Use:   "spawn -n N [--name PREFIX] [--network bridge|none] IMAGE [CMD...]",
+		Short: "Start N detached replicas of an image on one shared read-only rootfs",
+		Long: `Start N detached replicas of an image, in parallel, each in its own
+namespaces with its own IP on the pirun bridge, all on one shared read-only
+rootfs. Either all N start or none stays. The containers are named
+PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
+		Example: `  pirun spawn -n 1000 rpi-busybox-httpd`,
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := out.check(); err != nil {
+				return err
+			}
+			if n < 1 {
+				return fmt.Errorf("-n %d: the count must be at least 1", n)
+			}
+			rt, err := g.runtime()
+			if err != nil {
+				return err
+			}
+			cfg.Image, cfg.Cmd = args[0], args[1:]
+			var progress func(done, total int)
+			start := time.Now()
+			if !out.quiet && out.format == "table" && isTerminal(os.Stderr) {
+				progress = func(done, total int) {
+					fmt.Fprintf(os.Stderr, "\rstarting %d/%d", done, total)
+				}
+			}
+			cs, err := rt.Spawn(cmd.Context(), cfg, n, progress)
+			if progress != nil {
+				fmt.Fprint(os.Stderr, "\r\033[K")
+			}
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			switch {
+			case out.format == "json" || out.tmpl != nil:
+				return printContainers(w, cs, out)
+			case out.quiet:
+				for _, c := range cs {
+					fmt.Fprintln(w, c.ID)
+				}
+			default:
+				for _, c := range cs {
+					fmt.Fprintln(w, c.Name)
+				}
+				if isTerminal(os.Stderr) {
+					el := time.Since(start)
+					fmt.Fprintf(os.Stderr, "started %d containers in %.2fs (%.0f/s)\n", n, el.Seconds(), float64(n)/el.Seconds())
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().SetInterspersed(false)
+	cmd.Flags().IntVarP(&n, "count", "n", 1, "number of containers to start")
+	cmd.Flags().StringVar(&cfg.Name, "name", "", "name prefix (default: the image's name)")
+	cmd.Flags().StringVar(&cfg.Network, "network", runtime.NetworkBridge, "network: bridge or none")
+	cmd.Flags().StringArrayVarP(&cfg.Env, "env", "e", nil, "set an environment variable (KEY=VALUE)")
+	out.flags(cmd, "print only container ids")
+	return cmd
+}

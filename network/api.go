@@ -1,0 +1,26 @@
+package network
+
+// This file is the contract that runtime/ and cmd/pirun build on.
+// Keep the exported names and their meaning; implement them elsewhere.
+
+import (
+	"errors"
+	"net/netip"
+)
+
+// Sentinel errors, wrapped with the object's name: callers use errors.Is.
+var (
+	ErrSubnetFull    = errors.New("subnet is full")
+	ErrSubnetOverlap = errors.New("subnet overlaps a route of the host")
+	ErrInvalidConfig = errors.New("invalid network configuration")
+)
+
+// Endpoint is one container's place on a network. It is serialized in the
+// container's state, so rm can release it after a crash.
+type Endpoint struct {
+	Network     string       `json:"network"`      // network name, e.g. "bridge"
+	ContainerID string       `json:"container_id"` // owner of the allocation
+	Address     netip.Prefix `json:"address"`      // e.g. 10.123.0.5/16
+	Gateway     netip.Addr   `json:"gateway"`      // e.g. 10.123.0.1
+	HostIf      string       `json:"host_if"`      // host-side veth name, "pr" + 10 hex of the id
+}

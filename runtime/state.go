@@ -1,0 +1,295 @@
+package runtime
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pirun/pirun/network"
+)
+
+// Status is what a container is doing, as far as the kernel says.
+type Status string
+
+const (
+	// StatusCreating: pirun began making the container and has not finished
+	// (still in progress, or the pirun process died halfway). rm -f removes it.
+	StatusCreating Status = "creating"
+	// StatusRunning: the container's init process is alive.
+	StatusRunning Status = "running"
+	// StatusExited: the container's init process is gone.
+	StatusExited Status = "exited"
+)
+
+// phase is what pirun recorded on disk; Status is derived from it and from
+// the kernel on every read.
+type phase string
+
+const (
+	phaseCreating phase = "creating"
+	phaseStarted  phase = "started"
+)
+
+// Container is pirun's record of one container. It is serialized as the
+// container's state.json, and in `pirun ps --format json`.
+type Container struct {
+	ID          string            `json:"id"`
+	Name        string            `json:"name"`
+	Image       string            `json:"image"`
+	ImageDigest string            `json:"image_digest"`
+	Command     []string          `json:"command"`
+	Status      Status            `json:"status"`
+	Pid         int               `json:"pid"`
+	IP          string            `json:"ip"`
+	Created     time.Time         `json:"created"`
+	Started     time.Time         `json:"started,omitzero"`
+	ExitCode    *int              `json:"exit_code,omitempty"`
+	Group       string            `json:"group,omitempty"`
+	Network     string            `json:"network"`
+	Endpoint    *network.Endpoint `json:"endpoint,omitempty"`
+	CgroupPath  string            `json:"cgroup_path,omitempty"`
+
+	Phase     phase  `json:"phase"`
+	PidStart  uint64 `json:"pid_start,omitempty"` // start time of Pid in clock ticks, guards against pid reuse
+	LogPath   string `json:"log_path"`
+	RootfsDir string `json:"rootfs_dir"`
+}
+
+// ShortID is the first 12 characters of the id, as shown by ps.
+func (c *Container) ShortID() string { return shortID(c.ID) }
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// MaxNameLen bounds names: they become hostnames (64 bytes at most).
+const MaxNameLen = 63
+
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+
+// ValidateName checks a container name, or a spawn prefix.
+func ValidateName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("name %q: %w: empty", name, ErrInvalidName)
+	case len(name) > MaxNameLen:
+		return fmt.Errorf("name %q: %w: longer than %d characters", name, ErrInvalidName, MaxNameLen)
+	case !nameRE.MatchString(name):
+		return fmt.Errorf("name %q: %w: use letters, digits, '_', '.' and '-', starting with a letter or digit", name, ErrInvalidName)
+	}
+	return nil
+}
+
+func newID() (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("generate container id: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+var idRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// store is the on-disk layout of the state directory.
+type store struct{ dir string }
+
+func (s store) containersDir() string        { return filepath.Join(s.dir, "containers") }
+func (s store) containerDir(id string) string { return filepath.Join(s.dir, "containers", id) }
+func (s store) stateFile(id string) string    { return filepath.Join(s.containerDir(id), "state.json") }
+func (s store) namesDir() string              { return filepath.Join(s.dir, "names") }
+func (s store) runcRoot() string              { return filepath.Join(s.dir, "runc") }
+func (s store) networkDir() string            { return filepath.Join(s.dir, "network") }
+
+func (s store) init() error {
+	for _, d := range []string{s.dir, s.containersDir(), s.namesDir(), s.runcRoot(), s.networkDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("state directory %s: %w", d, err)
+		}
+	}
+	return nil
+}
+
+// write saves c atomically: a temp file in the same directory, fsynced, renamed.
+func (s store) write(c *Container) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return fmt.Errorf("container %s: encode state: %w", c.ID, err)
+	}
+	if err := writeFileAtomic(s.stateFile(c.ID), b); err != nil {
+		return fmt.Errorf("container %s: write state: %w", c.ID, err)
+	}
+	return nil
+}
+
+func writeFileAtomic(path string, data []byte) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// read loads the record of id. A missing record is ErrNotFound.
+func (s store) read(id string) (*Container, error) {
+	b, err := os.ReadFile(s.stateFile(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("container %s: %w", shortID(id), ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("container %s: read state: %w", shortID(id), err)
+	}
+	var c Container
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("container %s: state file %s is corrupt: %w", shortID(id), s.stateFile(id), err)
+	}
+	return &c, nil
+}
+
+// ids lists the ids that have a container directory (records or not).
+func (s store) ids() ([]string, error) {
+	ents, err := os.ReadDir(s.containersDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	ids := make([]string, 0, len(ents))
+	for _, e := range ents {
+		if e.IsDir() && idRE.MatchString(e.Name()) {
+			ids = append(ids, e.Name())
+		}
+	}
+	return ids, nil
+}
+
+// reserveName links names/<name> to id; it fails with ErrNameInUse if taken.
+func (s store) reserveName(name, id string) error {
+	if err := os.Symlink(id, filepath.Join(s.namesDir(), name)); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("name %q: %w", name, ErrNameInUse)
+		}
+		return fmt.Errorf("name %q: reserve: %w", name, err)
+	}
+	return nil
+}
+
+// releaseName removes names/<name> if it still points at id.
+func (s store) releaseName(name, id string) error {
+	p := filepath.Join(s.namesDir(), name)
+	if target, err := os.Readlink(p); err != nil || target != id {
+		return nil
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("name %q: release: %w", name, err)
+	}
+	return nil
+}
+
+func (s store) nameTarget(name string) (string, bool) {
+	if ValidateName(name) != nil {
+		return "", false
+	}
+	target, err := os.Readlink(filepath.Join(s.namesDir(), name))
+	return target, err == nil
+}
+
+// names returns the names in use, for picking free spawn indices.
+func (s store) names() (map[string]bool, error) {
+	ents, err := os.ReadDir(s.namesDir())
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("list names: %w", err)
+	}
+	m := make(map[string]bool, len(ents))
+	for _, e := range ents {
+		m[e.Name()] = true
+	}
+	return m, nil
+}
+
+// resolve finds a container id from a name, a full id or a unique id prefix.
+func (s store) resolve(ref string) (string, error) {
+	if id, ok := s.nameTarget(ref); ok {
+		return id, nil
+	}
+	if ref == "" || strings.ContainsAny(ref, "/.") {
+		return "", fmt.Errorf("container %q: %w", ref, ErrNotFound)
+	}
+	if idRE.MatchString(ref) {
+		if _, err := os.Stat(s.containerDir(ref)); err == nil {
+			return ref, nil
+		}
+		return "", fmt.Errorf("container %q: %w", ref, ErrNotFound)
+	}
+	ids, err := s.ids()
+	if err != nil {
+		return "", err
+	}
+	var found []string
+	for _, id := range ids {
+		if strings.HasPrefix(id, ref) {
+			found = append(found, id)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("container %q: %w", ref, ErrNotFound)
+	case 1:
+		return found[0], nil
+	default:
+		sort.Strings(found)
+		return "", fmt.Errorf("container %q: %w (%d match)", ref, ErrAmbiguous, len(found))
+	}
+}
+
+// lock takes an exclusive flock on the container's lock file, creating the
+// directory if needed. The returned func releases it.
+func (s store) lock(id string) (func(), error) {
+	dir := s.containerDir(id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("container %s: %w", shortID(id), err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: lock: %w", shortID(id), err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("container %s: lock: %w", shortID(id), err)
+	}
+	return func() { f.Close() }, nil
+}
