@@ -106,7 +106,7 @@ var idRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 // store is the on-disk layout of the state directory.
 type store struct{ dir string }
 
-func (s store) containersDir() string        { return filepath.Join(s.dir, "containers") }
+func (s store) containersDir() string         { return filepath.Join(s.dir, "containers") }
 func (s store) containerDir(id string) string { return filepath.Join(s.dir, "containers", id) }
 func (s store) stateFile(id string) string    { return filepath.Join(s.containerDir(id), "state.json") }
 func (s store) namesDir() string              { return filepath.Join(s.dir, "names") }
