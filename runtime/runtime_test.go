@@ -1,0 +1,418 @@
+package runtime_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/pirun/pirun/image"
+	"github.com/pirun/pirun/internal/imagebuild"
+	"github.com/pirun/pirun/internal/testutil"
+	"github.com/pirun/pirun/network"
+	"github.com/pirun/pirun/runtime"
+)
+
+func TestMain(m *testing.M) {
+	if runtime.IsInit() {
+		runtime.Init()
+	}
+	// Everything these tests do to the network happens in a namespace of
+	// their own: the host's links and rules are never touched.
+	if code, ok := testutil.RunInPrivateNetns(); ok {
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// fixture is an image store holding the default image, built once.
+var fixture struct {
+	once  sync.Once
+	root  string
+	store *image.Store
+	err   error
+}
+
+const imageName = "rpi-busybox-httpd"
+
+func imageStore(t *testing.T) *image.Store {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("skipping: /bin/busybox missing (Debian package busybox-static; make deps installs it)")
+	}
+	fixture.once.Do(func() {
+		dir, err := os.MkdirTemp("", "pirun-runtime-test-")
+		if err != nil {
+			fixture.err = err
+			return
+		}
+		fixture.root = dir
+		img, err := imagebuild.BusyboxHTTPD("/bin/busybox", imageName+":latest")
+		if err != nil {
+			fixture.err = err
+			return
+		}
+		archive := filepath.Join(dir, "image.tar")
+		if fixture.err = imagebuild.WriteArchive(context.Background(), archive, img); fixture.err != nil {
+			return
+		}
+		if fixture.store, fixture.err = image.Open(filepath.Join(dir, "store")); fixture.err != nil {
+			return
+		}
+		_, fixture.err = fixture.store.Import(context.Background(), "oci-archive:"+archive)
+	})
+	if fixture.err != nil {
+		t.Fatalf("image fixture: %v", fixture.err)
+	}
+	return fixture.store
+}
+
+// testBridge counts bridges so that tests never share one.
+var testBridge struct {
+	mu sync.Mutex
+	n  int
+}
+
+// newRuntime returns a runtime on a state dir of its own and a bridge of
+// its own, and checks when the test ends that everything was removed.
+func newRuntime(t *testing.T, opts ...runtime.Option) *runtime.Runtime {
+	t.Helper()
+	s := imageStore(t)
+	testBridge.mu.Lock()
+	testBridge.n++
+	n := testBridge.n
+	testBridge.mu.Unlock()
+	bridge := fmt.Sprintf("pirun-t%d", n)
+	subnet := netip.MustParsePrefix(fmt.Sprintf("10.124.%d.0/24", n))
+	opts = append([]runtime.Option{runtime.WithNetworkOptions(network.WithBridgeName(bridge), network.WithSubnet(subnet))}, opts...)
+	state := t.TempDir()
+	rt, err := runtime.New(state, s, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Remove whatever a failed test left, then insist nothing is left.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cs, err := rt.List(ctx)
+		if err != nil {
+			t.Errorf("cleanup: list: %v", err)
+		}
+		var ids []string
+		for _, c := range cs {
+			ids = append(ids, c.ID)
+		}
+		if len(ids) > 0 {
+			if err := rt.Remove(ctx, ids, true); err != nil {
+				t.Errorf("cleanup: remove: %v", err)
+			}
+		}
+		assertNothingLeft(t, state, bridge)
+	})
+	return rt
+}
+
+// assertNothingLeft checks that no container of the state dir left a
+// record, process, cgroup, mount, link or name behind.
+func assertNothingLeft(t *testing.T, state, bridge string) {
+	t.Helper()
+	for _, sub := range []string{"containers", "names", "runc"} {
+		ents, _ := os.ReadDir(filepath.Join(state, sub))
+		if len(ents) > 0 {
+			t.Errorf("leak: %d entries left in %s/%s", len(ents), state, sub)
+		}
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	if bytes.Contains(mi, []byte(state)) {
+		t.Errorf("leak: a mount under %s", state)
+	}
+	links, _ := netlink.LinkList()
+	for _, l := range links {
+		name := l.Attrs().Name
+		if name == bridge || strings.HasPrefix(name, "pr") && len(name) == 12 {
+			t.Errorf("leak: link %s", name)
+		}
+	}
+	if m, _ := filepath.Glob("/sys/fs/cgroup/*/pirun/*"); len(m) > 0 {
+		// Another test binary may run containers at the same time; only
+		// fail on cgroups of containers this state dir knew.
+		known, _ := os.ReadDir(filepath.Join(state, "containers"))
+		for _, k := range known {
+			if found, _ := filepath.Glob("/sys/fs/cgroup/*/pirun/" + k.Name()); len(found) > 0 {
+				t.Errorf("leak: cgroup %s", found[0])
+			}
+		}
+	}
+}
+
+func TestRunForeground(t *testing.T) {
+	rt := newRuntime(t)
+	ctx := context.Background()
+
+	var out bytes.Buffer
+	c, code, err := rt.Run(ctx, runtime.Config{Image: imageName, Cmd: []string{"cat", "/www/index.html"}}, runtime.Stdio{Stdout: &out, Stderr: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != 0 || !strings.Contains(out.String(), "Hello from pirun") {
+		t.Fatalf("cat /www/index.html: exit %d, output %q", code, out.String())
+	}
+	if c.Status != runtime.StatusExited || c.ExitCode == nil || *c.ExitCode != 0 {
+		t.Errorf("record after run: status %s exit %v", c.Status, c.ExitCode)
+	}
+	if err := rt.Remove(ctx, []string{c.ID}, false); err != nil {
+		t.Fatalf("remove an exited container: %v", err)
+	}
+
+	c, code, err = rt.Run(ctx, runtime.Config{Image: imageName, Cmd: []string{"sh", "-c", "exit 3"}}, runtime.Stdio{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != 3 {
+		t.Errorf("sh -c 'exit 3': exit code %d, want 3", code)
+	}
+	if err := rt.Remove(ctx, []string{c.ID}, false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A container cannot write its rootfs, and running containers leaves the
+// image's layer directories exactly as they were.
+func TestReadOnlyRootfs(t *testing.T) {
+	rt := newRuntime(t)
+	ctx := context.Background()
+	before := treeDigest(t, filepath.Join(fixture.root, "store", "layers"))
+
+	var out bytes.Buffer
+	script := `touch /x && echo ROOTFS-WRITABLE; echo hi > /www/index.html && echo PAGE-WRITABLE; echo ok > /tmp/ok && cat /tmp/ok`
+	c, code, err := rt.Run(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Cmd: []string{"sh", "-c", script}},
+		runtime.Stdio{Stdout: &out, Stderr: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Remove(ctx, []string{c.ID}, true)
+	if strings.Contains(out.String(), "WRITABLE") {
+		t.Errorf("the container wrote its rootfs: %q", out.String())
+	}
+	if !strings.Contains(out.String(), "Read-only file system") || !strings.Contains(out.String(), "ok") || code != 0 {
+		t.Errorf("want EROFS on / and a writable /tmp, got exit %d: %q", code, out.String())
+	}
+	if after := treeDigest(t, filepath.Join(fixture.root, "store", "layers")); after != before {
+		t.Errorf("layer directories changed")
+	}
+}
+
+// treeDigest hashes names, modes, sizes, mtimes and contents below dir.
+func treeDigest(t *testing.T, dir string) string {
+	t.Helper()
+	h := sha256.New()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "%s %v %d %d\n", p, fi.Mode(), fi.Size(), fi.ModTime().UnixNano())
+		if fi.Mode().IsRegular() {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			h.Write(b)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+// Spawned containers each answer HTTP on their own address, survive as
+// detached processes, stop, and are removed without a trace.
+func TestSpawnServeStopRemove(t *testing.T) {
+	rt := newRuntime(t)
+	ctx := context.Background()
+	const n = 10
+	var calls int
+	cs, err := rt.Spawn(ctx, runtime.Config{Image: imageName, Name: "web"}, n, func(done, total int) { calls++ })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) != n || calls != n {
+		t.Fatalf("spawned %d containers with %d progress calls, want %d", len(cs), calls, n)
+	}
+	listed, err := rt.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips := map[string]bool{}
+	for _, c := range listed {
+		if c.Status != runtime.StatusRunning || c.Pid <= 0 || c.IP == "" {
+			t.Errorf("container %s: status %s pid %d ip %q", c.Name, c.Status, c.Pid, c.IP)
+		}
+		if ips[c.IP] {
+			t.Errorf("address %s given twice", c.IP)
+		}
+		ips[c.IP] = true
+	}
+	if len(listed) != n {
+		t.Fatalf("listed %d containers, want %d", len(listed), n)
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	for _, c := range listed {
+		body, err := get(client, "http://"+c.IP+"/")
+		if err != nil {
+			t.Errorf("container %s at %s: %v", c.Name, c.IP, err)
+			continue
+		}
+		if !strings.Contains(body, "Hello from pirun") {
+			t.Errorf("container %s: page %q", c.Name, body)
+		}
+	}
+	if got, err := rt.Get(ctx, "web-3"); err != nil || got.Name != "web-3" {
+		t.Errorf("Get(web-3) = %v, %v", got, err)
+	}
+	if got, err := rt.Get(ctx, cs[0].ID[:8]); err != nil || got.ID != cs[0].ID {
+		t.Errorf("Get(id prefix) = %v, %v", got, err)
+	}
+
+	// Removing a running container needs force.
+	if err := rt.Remove(ctx, []string{cs[0].ID}, false); !errors.Is(err, runtime.ErrRunning) {
+		t.Errorf("remove a running container without force: %v, want ErrRunning", err)
+	}
+	// httpd as PID 1 ignores SIGTERM: stop escalates to SIGKILL.
+	start := time.Now()
+	if err := rt.Stop(ctx, []string{cs[0].ID, cs[1].ID}, 500*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 8*time.Second {
+		t.Errorf("stop took %s", d)
+	}
+	for _, id := range []string{cs[0].ID, cs[1].ID} {
+		c, err := rt.Get(ctx, id)
+		if err != nil || c.Status != runtime.StatusExited {
+			t.Errorf("after stop: %v %v", c, err)
+		}
+	}
+	if err := rt.Stop(ctx, []string{cs[0].ID}, time.Second); err != nil {
+		t.Errorf("stopping a stopped container: %v", err)
+	}
+	var ids []string
+	for _, c := range cs {
+		ids = append(ids, c.ID)
+	}
+	if err := rt.Remove(ctx, ids, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.Remove(ctx, ids, true); err != nil {
+		t.Errorf("removing removed containers: %v", err)
+	}
+	if left, _ := rt.List(ctx); len(left) != 0 {
+		t.Errorf("%d containers left after rm", len(left))
+	}
+	for ip := range ips {
+		if _, err := get(&http.Client{Timeout: 300 * time.Millisecond}, "http://"+ip+"/"); err == nil {
+			t.Errorf("%s still answers after rm", ip)
+		}
+	}
+}
+
+func get(c *http.Client, url string) (string, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("status %s", resp.Status)
+	}
+	return string(b), err
+}
+
+func TestBadInput(t *testing.T) {
+	rt := newRuntime(t)
+	ctx := context.Background()
+	cfg := runtime.Config{Image: imageName, Network: runtime.NetworkNone}
+
+	if _, err := rt.Spawn(ctx, runtime.Config{Image: "no-such-image"}, 1, nil); !errors.Is(err, image.ErrNotFound) {
+		t.Errorf("unknown image: %v", err)
+	}
+	if _, err := rt.Spawn(ctx, cfg, 0, nil); !errors.Is(err, runtime.ErrInvalidConfig) {
+		t.Errorf("n=0: %v", err)
+	}
+	for _, name := range []string{"a/b", "..", "-x", strings.Repeat("x", 64), "a b"} {
+		c := cfg
+		c.Name = name
+		if _, err := rt.Start(ctx, c); !errors.Is(err, runtime.ErrInvalidName) {
+			t.Errorf("name %q: %v, want ErrInvalidName", name, err)
+		}
+	}
+	c := cfg
+	c.Name = "dup"
+	first, err := rt.Start(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Start(ctx, c); !errors.Is(err, runtime.ErrNameInUse) || !strings.Contains(err.Error(), "dup") {
+		t.Errorf("duplicate name: %v", err)
+	}
+	if err := rt.Remove(ctx, []string{first.ID}, true); err != nil {
+		t.Fatal(err)
+	}
+
+	// A container that exits at once fails the spawn, and none stays.
+	c = cfg
+	c.Cmd = []string{"sh", "-c", "echo cannot serve >&2; exit 7"}
+	if _, err := rt.Spawn(ctx, c, 3, nil); !errors.Is(err, runtime.ErrExited) || !strings.Contains(err.Error(), "cannot serve") {
+		t.Errorf("exiting container: %v, want ErrExited with its last log line", err)
+	}
+	// A command that does not exist.
+	c.Cmd = []string{"/no/such/command"}
+	if _, err := rt.Start(ctx, c); err == nil {
+		t.Errorf("missing command: no error")
+	}
+	if _, err := rt.Get(ctx, "nothing-here"); !errors.Is(err, runtime.ErrNotFound) {
+		t.Errorf("unknown container: %v", err)
+	}
+	if left, _ := rt.List(ctx); len(left) != 0 {
+		t.Errorf("%d containers left behind by failed starts", len(left))
+	}
+}
+
+// An exhausted subnet fails before any container starts.
+func TestSubnetExhausted(t *testing.T) {
+	s := imageStore(t)
+	state := t.TempDir()
+	rt, err := runtime.New(state, s, runtime.WithNetworkOptions(
+		network.WithBridgeName("pirun-tfull"), network.WithSubnet(netip.MustParsePrefix("10.125.0.0/29"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	_, err = rt.Spawn(ctx, runtime.Config{Image: imageName}, 10, nil)
+	if !errors.Is(err, network.ErrSubnetFull) {
+		t.Fatalf("10 containers in a /29: %v, want ErrSubnetFull", err)
+	}
+	if left, _ := rt.List(ctx); len(left) != 0 {
+		t.Errorf("%d containers left", len(left))
+	}
+	assertNothingLeft(t, state, "pirun-tfull")
+}
