@@ -1,0 +1,125 @@
+package network
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// containerIf is the name of the container's end of the veth pair.
+const containerIf = "eth0"
+
+// HostIfName is the name of a container's host-side veth: "pr" and the
+// first 10 characters of its id (ids are 64 hex characters).
+func HostIfName(containerID string) string {
+	return "pr" + containerID[:min(10, len(containerID))]
+}
+
+// Attach connects the network namespace at nsPath (e.g.
+// /proc/PID/task/TID/ns/net) to the bridge: a veth pair whose host end
+// ep.HostIf joins the bridge and whose peer is created directly inside the
+// namespace as eth0, with ep.Address and a default route via ep.Gateway; lo
+// is brought up too. It works from any thread, whatever its namespace. On
+// failure it deletes the veth pair.
+func (b *Bridge) Attach(ctx context.Context, ep Endpoint, nsPath string) (err error) {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("network %s: container %q: attach: %w", b.name, ep.ContainerID, err)
+	}
+	if ep.Network != b.name {
+		return fmt.Errorf("network %s: container %q: endpoint belongs to network %q: %w", b.name, ep.ContainerID, ep.Network, ErrInvalidConfig)
+	}
+	if !ep.Address.IsValid() || !ep.Gateway.IsValid() || ep.HostIf == "" {
+		return fmt.Errorf("network %s: container %q: incomplete endpoint %+v: %w", b.name, ep.ContainerID, ep, ErrInvalidConfig)
+	}
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return fmt.Errorf("network %s: container %q: open namespace %s: %w", b.name, ep.ContainerID, nsPath, err)
+	}
+	defer ns.Close()
+	br, err := b.nl.LinkByName(b.name)
+	if err != nil {
+		return fmt.Errorf("network %s: container %q: look up bridge (was the address allocated?): %w", b.name, ep.ContainerID, err)
+	}
+
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = ep.HostIf
+	attrs.MasterIndex = br.Attrs().Index
+	attrs.MTU = br.Attrs().MTU
+	attrs.Flags = net.FlagUp
+	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: containerIf, PeerNamespace: netlink.NsFd(int(ns)), PeerTxQLen: -1}
+	if err := b.nl.LinkAdd(veth); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("network %s: container %q: veth %s or %s in %s already exists: %w", b.name, ep.ContainerID, ep.HostIf, containerIf, nsPath, err)
+		}
+		return fmt.Errorf("network %s: container %q: create veth %s: %w", b.name, ep.ContainerID, ep.HostIf, err)
+	}
+	defer func() {
+		if err != nil {
+			if derr := b.deleteVeth(ep); derr != nil {
+				err = errors.Join(err, derr)
+			}
+		}
+	}()
+
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("network %s: container %q: netlink in %s: %w", b.name, ep.ContainerID, nsPath, err)
+	}
+	defer h.Close()
+	if err := loopbackUp(h); err != nil {
+		return fmt.Errorf("network %s: container %q: %w", b.name, ep.ContainerID, err)
+	}
+	eth0, err := h.LinkByName(containerIf)
+	if err != nil {
+		return fmt.Errorf("network %s: container %q: look up %s: %w", b.name, ep.ContainerID, containerIf, err)
+	}
+	if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(ep.Address)}); err != nil {
+		return fmt.Errorf("network %s: container %q: add %s to %s: %w", b.name, ep.ContainerID, ep.Address, containerIf, err)
+	}
+	if err := h.LinkSetUp(eth0); err != nil {
+		return fmt.Errorf("network %s: container %q: set %s up: %w", b.name, ep.ContainerID, containerIf, err)
+	}
+	route := &netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: ep.Gateway.AsSlice()}
+	if err := h.RouteAdd(route); err != nil {
+		return fmt.Errorf("network %s: container %q: add default route via %s: %w", b.name, ep.ContainerID, ep.Gateway, err)
+	}
+	return nil
+}
+
+// SetupLoopback brings lo up in the network namespace at nsPath: the whole
+// network of a container run with --network none.
+func SetupLoopback(nsPath string) error {
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return fmt.Errorf("open namespace %s: %w", nsPath, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", nsPath, err)
+	}
+	defer h.Close()
+	if err := loopbackUp(h); err != nil {
+		return fmt.Errorf("namespace %s: %w", nsPath, err)
+	}
+	return nil
+}
+
+func loopbackUp(h *netlink.Handle) error {
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("look up lo: %w", err)
+	}
+	if lo.Attrs().Flags&net.FlagUp != 0 {
+		return nil
+	}
+	if err := h.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("set lo up: %w", err)
+	}
+	return nil
+}
