@@ -354,8 +354,9 @@ func (b *Bridge) deleteBridge() error {
 	return nil
 }
 
-// Release frees the endpoints' addresses and deletes their host veths. It is
-// idempotent: a veth or an address already gone is success, and an address
+// Release frees the endpoints' addresses and deletes their host veths. An
+// endpoint with only a ContainerID frees whatever address that container
+// holds (found by a scan of the allocations). It is idempotent: a veth or an address already gone is success, and an address
 // now owned by another container is left alone. When no address remains it
 // removes the bridge, pirun's iptables rules and restores the sysctls it
 // raised. It goes on past a failure and returns all of them joined.
@@ -367,6 +368,9 @@ func (b *Bridge) Release(ctx context.Context, eps []Endpoint) error {
 			errs = append(errs, fmt.Errorf("network %s: container %q: endpoint belongs to network %q: %w", b.name, ep.ContainerID, ep.Network, ErrInvalidConfig))
 			continue
 		}
+		if ep.HostIf == "" && ep.ContainerID != "" {
+			ep.HostIf = HostIfName(ep.ContainerID)
+		}
 		if ep.HostIf != "" {
 			errs = append(errs, b.deleteVeth(ep))
 		}
@@ -376,11 +380,23 @@ func (b *Bridge) Release(ctx context.Context, eps []Endpoint) error {
 		return errors.Join(append(errs, err)...)
 	}
 	defer unlock()
+	lost := map[string]bool{}
 	for _, ep := range eps {
 		if ep.Network != "" && ep.Network != b.name {
 			continue
 		}
 		if ep.Address.IsValid() {
+			errs = append(errs, b.free(ep))
+		} else if ep.ContainerID != "" {
+			lost[ep.ContainerID] = true
+		}
+	}
+	if len(lost) > 0 {
+		// Endpoints known only by container id (a pirun that died between
+		// reserving the addresses and recording them): find them.
+		found, err := b.ownedBy(lost)
+		errs = append(errs, err)
+		for _, ep := range found {
 			errs = append(errs, b.free(ep))
 		}
 	}

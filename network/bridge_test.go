@@ -871,3 +871,27 @@ func TestAllocateRollsBack(t *testing.T) {
 		}
 	})
 }
+
+// A container known only by its id (pirun died between reserving its
+// address and recording it) still gets its address freed.
+func TestReleaseByContainerID(t *testing.T) {
+	inTestNS(t, func(netns.NsHandle) {
+		ctx := context.Background()
+		dir := t.TempDir()
+		b := newBridge(t, dir)
+		ids := testIDs("c", 3)
+		if _, err := b.Allocate(ctx, ids); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Release(ctx, []Endpoint{{ContainerID: ids[1]}}); err != nil {
+			t.Fatal(err)
+		}
+		if got := allocations(t, dir, "pirun0"); len(got) != 2 {
+			t.Errorf("after releasing one by id: %d allocations, want 2", len(got))
+		}
+		if err := b.Release(ctx, []Endpoint{{ContainerID: ids[0]}, {ContainerID: ids[2]}}); err != nil {
+			t.Fatal(err)
+		}
+		assertClean(t, dir, "pirun0")
+	})
+}

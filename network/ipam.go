@@ -168,6 +168,26 @@ func (b *Bridge) readHint() netip.Addr {
 	return a
 }
 
+// ownedBy returns the endpoints (address and owner) of the allocations
+// that name one of ids. Call it under the lock.
+func (b *Bridge) ownedBy(ids map[string]bool) ([]Endpoint, error) {
+	used, err := b.readAllocations()
+	if err != nil {
+		return nil, err
+	}
+	var eps []Endpoint
+	for a := range used {
+		data, err := os.ReadFile(filepath.Join(b.dir, ipsDir, a.String()))
+		if err != nil {
+			continue // freed meanwhile
+		}
+		if id := string(data); ids[id] {
+			eps = append(eps, Endpoint{Network: b.name, ContainerID: id, Address: netip.PrefixFrom(a, b.subnet.Bits())})
+		}
+	}
+	return eps, nil
+}
+
 // free removes ep's allocation if it still names ep's container. Call it
 // under the lock.
 func (b *Bridge) free(ep Endpoint) error {

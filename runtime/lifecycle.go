@@ -183,8 +183,13 @@ func (r *Runtime) removeIDs(ctx context.Context, ids []string, force bool) error
 			return
 		}
 		torn = append(torn, c)
-		if c.Endpoint != nil {
+		switch {
+		case c.Endpoint != nil:
 			eps = append(eps, *c.Endpoint)
+		case c.Network != NetworkNone:
+			// pirun died before it recorded the address: the network
+			// finds it by the container's id.
+			eps = append(eps, network.Endpoint{ContainerID: c.ID})
 		}
 	})
 
