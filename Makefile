@@ -19,7 +19,9 @@ deps:
 	for p in busybox-static iptables curl; do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
-	if [ -n "$$missing" ]; then \
+	if [ -n "$$missing" ] && [ "$$(id -u)" != 0 ]; then \
+		echo "missing:$$missing (run as root, or install them, to run containers)"; \
+	elif [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
@@ -41,7 +43,7 @@ demo: deps image
 	PIRUN="$(PIRUN)" N=$(N) ./scripts/demo.sh
 
 ## test: unit and integration tests (integration tests need root; they skip otherwise)
-test: build
+test: deps build
 	$(GO) test -tags $(TAGS) -count=1 -p 1 -timeout 30m ./...
 
 ## lint: gofmt and go vet
