@@ -1,0 +1,275 @@
+package image
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/containers/image/v5/pkg/compression"
+	digest "github.com/opencontainers/go-digest"
+	ispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/opencontainers/umoci/oci/layer"
+	"golang.org/x/sys/unix"
+)
+
+// tmpLayerPrefix names the temp directories layers are unpacked into.
+const tmpLayerPrefix = ".tmp-"
+
+// layerMeta is layers/<id>/layer.json.
+type layerMeta struct {
+	ChainID digest.Digest `json:"chain_id"`
+	DiffID  digest.Digest `json:"diff_id"`
+	// Size is the size in bytes of the uncompressed layer tar.
+	Size int64 `json:"size"`
+}
+
+func readLayerMeta(dir string) (layerMeta, error) {
+	var meta layerMeta
+	b, err := os.ReadFile(filepath.Join(dir, layerMetaName))
+	if err != nil {
+		return meta, err
+	}
+	if err := json.Unmarshal(b, &meta); err != nil {
+		return meta, fmt.Errorf("%s: %w", filepath.Join(dir, layerMetaName), err)
+	}
+	return meta, nil
+}
+
+// ensureLayer makes sure the layer with chain ID chain is unpacked in
+// layers/<short chain>/. It returns the layer's record and, if this call
+// published the directory, its path. The caller holds the lock.
+func (s *Store) ensureLayer(ctx context.Context, desc ispec.Descriptor, diffID, chain digest.Digest) (_ layerMeta, published string, err error) {
+	dir := s.layerDir(chain)
+	if meta, err := existingLayer(dir, chain); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return meta, "", err
+	}
+
+	tmp, err := os.MkdirTemp(s.path(layersDirName), tmpLayerPrefix+shortID(chain)+"-")
+	if err != nil {
+		return layerMeta{}, "", err
+	}
+	defer func() {
+		if tmp != "" {
+			_ = os.RemoveAll(tmp)
+		}
+	}()
+	tree := filepath.Join(tmp, layerTreeName)
+	if err := os.Mkdir(tree, 0o755); err != nil {
+		return layerMeta{}, "", err
+	}
+	size, err := unpackBlob(ctx, tree, s.blobPath(desc.Digest), desc, diffID)
+	if err != nil {
+		return layerMeta{}, "", err
+	}
+	meta := layerMeta{ChainID: chain, DiffID: diffID, Size: size}
+	b, err := json.Marshal(meta)
+	if err != nil {
+		return layerMeta{}, "", err
+	}
+	if err := writeFileAtomic(filepath.Join(tmp, layerMetaName), append(b, '\n'), 0o600); err != nil {
+		return layerMeta{}, "", err
+	}
+	// Publish: once renamed, the layer directory is never written again.
+	if err := os.Rename(tmp, dir); err != nil {
+		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
+			// Another process published it first: keep theirs.
+			meta, err := existingLayer(dir, chain)
+			return meta, "", err
+		}
+		return layerMeta{}, "", err
+	}
+	tmp = ""
+	if err := syncDir(s.path(layersDirName)); err != nil {
+		return layerMeta{}, dir, err
+	}
+	return meta, dir, nil
+}
+
+// existingLayer returns the record of the published layer directory dir,
+// checking it holds chain and not another chain ID sharing its prefix.
+// A missing directory yields an error wrapping fs.ErrNotExist.
+func existingLayer(dir string, chain digest.Digest) (layerMeta, error) {
+	if _, err := os.Lstat(dir); err != nil {
+		return layerMeta{}, err
+	}
+	meta, err := readLayerMeta(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return layerMeta{}, fmt.Errorf("layer directory %s has no %s: remove it", dir, layerMetaName)
+	}
+	if err != nil {
+		return layerMeta{}, err
+	}
+	if meta.ChainID != chain {
+		return layerMeta{}, fmt.Errorf("layer directory %s holds chain ID %s, not %s (prefix collision)", dir, meta.ChainID, chain)
+	}
+	return meta, nil
+}
+
+// unpackBlob unpacks the layer blob at blobPath into tree, converting
+// whiteouts for overlayfs, and checks the blob against desc.Digest and its
+// uncompressed stream against diffID. It returns the uncompressed size.
+func unpackBlob(ctx context.Context, tree, blobPath string, desc ispec.Descriptor, diffID digest.Digest) (int64, error) {
+	want, err := layerCompression(desc.MediaType)
+	if err != nil {
+		return 0, err
+	}
+	f, err := os.Open(blobPath)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	blobDigester := desc.Digest.Algorithm().Digester()
+	algo, decompress, r, err := compression.DetectCompressionFormat(io.TeeReader(f, blobDigester.Hash()))
+	if err != nil {
+		return 0, err
+	}
+	if algo.BaseVariantName() != want {
+		return 0, fmt.Errorf("%w: media type %s but the content is compressed with %q", ErrInvalidLayer, desc.MediaType, algo.BaseVariantName())
+	}
+	if decompress != nil {
+		rc, err := decompress(r)
+		if err != nil {
+			return 0, fmt.Errorf("%w: %w", ErrInvalidLayer, err)
+		}
+		defer rc.Close()
+		r = rc
+	}
+	diffDigester := diffID.Algorithm().Digester()
+	counter := &countWriter{}
+	stream := io.TeeReader(r, io.MultiWriter(diffDigester.Hash(), counter))
+	if err := unpackTar(ctx, tree, stream); err != nil {
+		return 0, err
+	}
+	// Hash what follows the tar end marker too, then the rest of the blob.
+	if _, err := io.Copy(io.Discard, stream); err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrInvalidLayer, err)
+	}
+	if _, err := io.Copy(blobDigester.Hash(), f); err != nil {
+		return 0, err
+	}
+	if got := blobDigester.Digest(); got != desc.Digest {
+		return 0, fmt.Errorf("%w: blob content has digest %s", ErrInvalidLayer, got)
+	}
+	if got := diffDigester.Digest(); got != diffID {
+		return 0, fmt.Errorf("%w: uncompressed content has digest %s, the config's diff_id is %s", ErrInvalidLayer, got, diffID)
+	}
+	return counter.n, nil
+}
+
+// layerCompression returns the compression a layer media type announces,
+// named like containers/image's compression algorithms ("" for none).
+func layerCompression(mediaType string) (string, error) {
+	base, suffix, _ := strings.Cut(mediaType, "+")
+	switch base {
+	case ispec.MediaTypeImageLayer,
+		ispec.MediaTypeImageLayerNonDistributable: //nolint:staticcheck // still found in the wild
+		switch suffix {
+		case "", "gzip", "zstd":
+			return suffix, nil
+		}
+	case "application/vnd.docker.image.rootfs.diff.tar.gzip",
+		"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":
+		if suffix == "" {
+			return "gzip", nil
+		}
+	case "application/vnd.docker.image.rootfs.diff.tar":
+		if suffix == "" {
+			return "", nil
+		}
+	}
+	return "", fmt.Errorf("%w: unsupported media type %q", ErrInvalidLayer, mediaType)
+}
+
+// unpackTar is umoci's layer.UnpackLayer with a check of each entry first:
+// umoci confines every path to tree (it resolves "..", absolute paths and
+// symlinks inside it), but a layer that tries to escape is hostile and is
+// refused, not silently confined.
+func unpackTar(ctx context.Context, tree string, r io.Reader) error {
+	te := layer.NewTarExtractor(&layer.UnpackOptions{OnDiskFormat: layer.OverlayfsRootfs{}})
+	tr := tar.NewReader(r)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalidLayer, err)
+		}
+		if err := checkEntry(tree, hdr); err != nil {
+			return fmt.Errorf("%w: entry %q: %w", ErrInvalidLayer, hdr.Name, err)
+		}
+		if err := te.UnpackEntry(tree, hdr, tr); err != nil {
+			return fmt.Errorf("entry %q: %w", hdr.Name, err)
+		}
+	}
+}
+
+// checkEntry refuses an entry whose path is absolute or has a ".."
+// element, a hard link whose target does, and an entry written through a
+// symlink (an earlier entry of the same layer, since tree started empty).
+func checkEntry(tree string, hdr *tar.Header) error {
+	if err := checkPath(hdr.Name); err != nil {
+		return err
+	}
+	if hdr.Typeflag == tar.TypeLink {
+		if err := checkPath(hdr.Linkname); err != nil {
+			return fmt.Errorf("hard link target: %w", err)
+		}
+	}
+	parts := strings.Split(path.Clean(hdr.Name), "/")
+	cur := tree
+	for _, p := range parts[:len(parts)-1] {
+		if p == "." || p == "" {
+			continue
+		}
+		cur = filepath.Join(cur, p)
+		fi, err := os.Lstat(cur)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			rel, _ := filepath.Rel(tree, cur)
+			return fmt.Errorf("path goes through the symlink %s", rel)
+		}
+		if !fi.IsDir() {
+			return nil
+		}
+	}
+	return nil
+}
+
+func checkPath(name string) error {
+	if name == "" {
+		return errors.New("empty path")
+	}
+	if strings.HasPrefix(name, "/") {
+		return errors.New("absolute path")
+	}
+	for _, elem := range strings.Split(name, "/") {
+		if elem == ".." {
+			return errors.New("path escapes the layer")
+		}
+	}
+	return nil
+}
+
+type countWriter struct{ n int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return len(p), nil
+}
