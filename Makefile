@@ -10,7 +10,7 @@ IMAGE   := build/rpi-busybox-httpd.tar
 N       ?= 100
 PIRUN   := bin/pirun --root $(ROOT) --state $(STATE)
 
-.PHONY: all build image demo test lint deps clean clean-test
+.PHONY: all build image demo test lint deps clean clean-test bench
 all: build
 
 ## deps: install what a fresh Debian machine lacks (apt packages, Go modules)
@@ -57,3 +57,7 @@ clean-test:
 
 clean:
 	rm -rf bin build
+
+## bench: start N (100) containers until all answer; memory per container; teardown
+bench: deps build
+	N=$(N) $(GO) test -tags $(TAGS) -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/
