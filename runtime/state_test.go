@@ -1,0 +1,185 @@
+package runtime
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pirun/pirun/network"
+	"net/netip"
+)
+
+func TestValidateName(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"web", true},
+		{"web-1", true},
+		{"a.b_c-9", true},
+		{"9lives", true},
+		{strings.Repeat("x", MaxNameLen), true},
+		{"", false},
+		{strings.Repeat("x", MaxNameLen+1), false},
+		{"-web", false},
+		{".hidden", false},
+		{"a/b", false},
+		{"..", false},
+		{"a b", false},
+		{"ünï", false},
+		{"web:1", false},
+	} {
+		err := ValidateName(tc.name)
+		if (err == nil) != tc.ok {
+			t.Errorf("ValidateName(%q) = %v, want ok=%v", tc.name, err, tc.ok)
+		}
+		if err != nil && !errors.Is(err, ErrInvalidName) {
+			t.Errorf("ValidateName(%q): %v is not ErrInvalidName", tc.name, err)
+		}
+	}
+}
+
+func TestStateRoundTrip(t *testing.T) {
+	s := store{dir: t.TempDir()}
+	if err := s.init(); err != nil {
+		t.Fatal(err)
+	}
+	id := strings.Repeat("ab", 32)
+	code := 3
+	c := &Container{
+		ID: id, Name: "web-1", Image: "docker.io/library/x:latest", Command: []string{"httpd", "-f"},
+		Pid: 42, PidStart: 4242, Phase: phaseStarted, Created: time.Unix(1700000000, 0).UTC(), ExitCode: &code,
+		Network: NetworkBridge, IP: "10.123.0.2",
+		Endpoint: &network.Endpoint{Network: "pirun0", ContainerID: id, Address: netip.MustParsePrefix("10.123.0.2/16"),
+			Gateway: netip.MustParseAddr("10.123.0.1"), HostIf: "prabababab"},
+	}
+	if err := os.MkdirAll(s.containerDir(id), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.write(c); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.read(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, c) {
+		t.Errorf("read back %+v, want %+v", got, c)
+	}
+	// No temp file is left next to the record.
+	ents, _ := os.ReadDir(s.containerDir(id))
+	if len(ents) != 1 {
+		t.Errorf("container dir holds %d entries, want only state.json", len(ents))
+	}
+	// A corrupt record is an error naming the file, never a panic or a zero record.
+	if err := os.WriteFile(s.stateFile(id), []byte(`{"id": "ab`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.read(id); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Errorf("corrupt record: %v", err)
+	}
+	if _, err := s.read(strings.Repeat("cd", 32)); !errors.Is(err, ErrNotFound) {
+		t.Errorf("missing record: %v", err)
+	}
+}
+
+func TestNamesAndResolve(t *testing.T) {
+	s := store{dir: t.TempDir()}
+	if err := s.init(); err != nil {
+		t.Fatal(err)
+	}
+	a, b := "aaaa"+strings.Repeat("1", 60), "aaab"+strings.Repeat("2", 60)
+	for _, id := range []string{a, b} {
+		if err := os.MkdirAll(s.containerDir(id), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.reserveName("web", a); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.reserveName("web", b); !errors.Is(err, ErrNameInUse) {
+		t.Errorf("second reservation: %v", err)
+	}
+	for ref, want := range map[string]string{"web": a, a: a, "aaab": b, "aaaa1": a} {
+		if got, err := s.resolve(ref); err != nil || got != want {
+			t.Errorf("resolve(%q) = %q, %v; want %q", ref, got, err, want)
+		}
+	}
+	if _, err := s.resolve("aaa"); !errors.Is(err, ErrAmbiguous) {
+		t.Errorf("ambiguous prefix: %v", err)
+	}
+	for _, ref := range []string{"nope", "../x", "", "ffff"} {
+		if _, err := s.resolve(ref); !errors.Is(err, ErrNotFound) {
+			t.Errorf("resolve(%q): %v, want ErrNotFound", ref, err)
+		}
+	}
+	// Releasing a name that now points elsewhere leaves it alone.
+	if err := s.releaseName("web", b); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.nameTarget("web"); !ok {
+		t.Error("releaseName removed a name owned by another container")
+	}
+	if err := s.releaseName("web", a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(s.namesDir(), "web")); !os.IsNotExist(err) {
+		t.Errorf("name still reserved: %v", err)
+	}
+}
+
+func TestDefaultPrefix(t *testing.T) {
+	for in, want := range map[string]string{
+		"docker.io/library/rpi-busybox-httpd:latest": "rpi-busybox-httpd",
+		"127.0.0.1:5000/x/web@sha256:abcd":           "web",
+		"docker.io/library/_odd:1":                   "odd",
+		"docker.io/library/___:1":                    "pirun",
+	} {
+		if got := defaultPrefix(in); got != want {
+			t.Errorf("defaultPrefix(%q) = %q, want %q", in, got, want)
+		}
+		if err := ValidateName(defaultPrefix(in) + "-10000"); err != nil {
+			t.Errorf("defaultPrefix(%q) gives invalid names: %v", in, err)
+		}
+	}
+}
+
+func TestNaturalLess(t *testing.T) {
+	if !naturalLess("web-2", "web-10") || naturalLess("web-10", "web-2") || !naturalLess("a-1", "b-0") {
+		t.Error("naturalLess does not order web-2 before web-10")
+	}
+}
+
+func TestMergeEnv(t *testing.T) {
+	got := mergeEnv([]string{"PATH=/bin", "A=1"}, []string{"A=2", "B=3"})
+	want := []string{"PATH=/bin", "A=2", "B=3"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("mergeEnv = %q, want %q", got, want)
+	}
+	if got := mergeEnv(nil, nil); len(got) != 1 || !strings.HasPrefix(got[0], "PATH=") {
+		t.Errorf("mergeEnv without PATH = %q", got)
+	}
+}
+
+func TestResolveUser(t *testing.T) {
+	top, bottom := t.TempDir(), t.TempDir()
+	os.MkdirAll(filepath.Join(bottom, "etc"), 0o755)
+	os.WriteFile(filepath.Join(bottom, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\nwww:x:33:34::/www:/bin/false\n"), 0o644)
+	os.WriteFile(filepath.Join(bottom, "etc/group"), []byte("root:x:0:\nweb:x:80:\n"), 0o644)
+	dirs := []string{top, bottom}
+	for user, want := range map[string][2]int{"": {0, 0}, "1000": {1000, 1000}, "1000:5": {1000, 5}, "www": {33, 34}, "www:web": {33, 80}} {
+		uid, gid, _, err := resolveUser(user, dirs)
+		if err != nil || uid != want[0] || gid != want[1] {
+			t.Errorf("resolveUser(%q) = %d:%d %v, want %v", user, uid, gid, err, want)
+		}
+	}
+	for _, user := range []string{"nobody-here", "www:nogroup", "-1"} {
+		if _, _, _, err := resolveUser(user, dirs); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("resolveUser(%q): %v, want ErrInvalidConfig", user, err)
+		}
+	}
+}
