@@ -3,6 +3,7 @@ module github.com/pirun/pirun
 go 1.26.0
 
 require (
+	github.com/apex/log v1.9.0
 	github.com/containers/image/v5 v5.36.2
 	github.com/coreos/go-iptables v0.8.0
 	github.com/moby/sys/mountinfo v0.7.2
@@ -26,7 +27,6 @@ require (
 	github.com/VividCortex/ewma v1.2.0 // indirect
 	github.com/acarl005/stripansi v0.0.0-20180116102854-5a71ef0e047d // indirect
 	github.com/aperturerobotics/protobuf-go-lite v0.14.0 // indirect
-	github.com/apex/log v1.9.0 // indirect
 	github.com/blang/semver/v4 v4.0.0 // indirect
 	github.com/checkpoint-restore/go-criu/v8 v8.3.0 // indirect
 	github.com/cilium/ebpf v0.17.3 // indirect

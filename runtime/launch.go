@@ -3,9 +3,11 @@ package runtime
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	goruntime "runtime"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
@@ -25,6 +27,7 @@ type launch struct {
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
+	log    *slog.Logger
 }
 
 // start starts the container described by l and returns its running init.
@@ -49,6 +52,7 @@ func (l *launch) start(runcRoot string) (*libcontainer.Process, error) {
 }
 
 func (l *launch) startLocked(runcRoot string) (_ *libcontainer.Process, err error) {
+	t0 := time.Now()
 	if err := unix.Unshare(unix.CLONE_NEWNS | unix.CLONE_NEWNET); err != nil {
 		return nil, fmt.Errorf("unshare mount and network namespaces: %w", err)
 	}
@@ -63,6 +67,7 @@ func (l *launch) startLocked(runcRoot string) (_ *libcontainer.Process, err erro
 	if err := l.wire(nsPath); err != nil {
 		return nil, err
 	}
+	t1 := time.Now()
 	ct, err := libcontainer.Create(runcRoot, l.id, l.tmpl.configFor(l.id, l.hostname, l.rootfs, nsPath))
 	if err != nil {
 		return nil, fmt.Errorf("create container: %w", err)
@@ -83,9 +88,11 @@ func (l *launch) startLocked(runcRoot string) (_ *libcontainer.Process, err erro
 		Stderr: l.stderr,
 		Init:   true,
 	}
+	t2 := time.Now()
 	if err := ct.Run(p); err != nil {
 		return nil, fmt.Errorf("start %s: %w", strings.Join(l.tmpl.args, " "), err)
 	}
+	l.log.Debug("container started", "id", l.id[:12], "mount+network", t1.Sub(t0), "create", t2.Sub(t1), "run", time.Since(t2))
 	return p, nil
 }
 

@@ -506,7 +506,7 @@ func (r *Runtime) startOne(ctx context.Context, g *group, c *started, stdio *Std
 		return fmt.Errorf("container %s: removed while being created", c.Name)
 	}
 	l := &launch{
-		id: c.ID, hostname: c.Name, rootfs: c.RootfsDir, mount: g.mount, tmpl: g.tmpl,
+		id: c.ID, hostname: c.Name, rootfs: c.RootfsDir, mount: g.mount, tmpl: g.tmpl, log: r.log,
 		wire: func(nsPath string) error {
 			if c.Endpoint != nil {
 				return g.net.Attach(ctx, *c.Endpoint, nsPath)
