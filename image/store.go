@@ -12,10 +12,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 
 	digest "github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
+
+	"github.com/pirun/pirun/internal/fsutil"
 )
 
 // Names inside the store root; see the package documentation.
@@ -126,28 +126,11 @@ func shortID(chainID digest.Digest) string {
 // lock takes the store's exclusive lock, waiting for other writers until
 // ctx is done. The returned func releases it.
 func (s *Store) lock(ctx context.Context) (func(), error) {
-	f, err := os.OpenFile(s.path(lockFile), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	unlock, err := fsutil.Lock(ctx, s.path(lockFile))
 	if err != nil {
 		return nil, fmt.Errorf("lock image store %s: %w", s.root, err)
 	}
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { _ = f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			_ = f.Close()
-			return nil, fmt.Errorf("lock image store %s: %w", s.root, err)
-		}
-		select {
-		case <-ctx.Done():
-			_ = f.Close()
-			return nil, fmt.Errorf("lock image store %s: %w", s.root, context.Cause(ctx))
-		case <-tick.C:
-		}
-	}
+	return unlock, nil
 }
 
 // load reads images.json; a missing file is an empty store.
@@ -172,51 +155,10 @@ func (s *Store) save(imgs map[string]Image) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", s.path(imagesFile), err)
 	}
-	if err := writeFileAtomic(s.path(imagesFile), append(b, '\n'), 0o600); err != nil {
+	if err := fsutil.WriteFileAtomic(s.path(imagesFile), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", s.path(imagesFile), err)
 	}
 	return nil
-}
-
-// writeFileAtomic writes data to a temp file in path's directory, fsyncs
-// it, renames it over path and fsyncs the directory.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(f.Name())
-		}
-	}()
-	if err := f.Chmod(mode); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // Lookup finds an image by name (normalized, so "busybox" finds

@@ -18,6 +18,8 @@ import (
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/opencontainers/umoci/oci/layer"
 	"golang.org/x/sys/unix"
+
+	"github.com/pirun/pirun/internal/fsutil"
 )
 
 // tmpLayerPrefix names the temp directories layers are unpacked into.
@@ -74,7 +76,7 @@ func (s *Store) ensureLayer(ctx context.Context, desc ispec.Descriptor, diffID, 
 	if err != nil {
 		return layerMeta{}, "", err
 	}
-	if err := writeFileAtomic(filepath.Join(tmp, layerMetaName), append(b, '\n'), 0o600); err != nil {
+	if err := fsutil.WriteFileAtomic(filepath.Join(tmp, layerMetaName), append(b, '\n'), 0o600); err != nil {
 		return layerMeta{}, "", err
 	}
 	// Publish: once renamed, the layer directory is never written again.
@@ -87,7 +89,7 @@ func (s *Store) ensureLayer(ctx context.Context, desc ispec.Descriptor, diffID, 
 		return layerMeta{}, "", err
 	}
 	tmp = ""
-	if err := syncDir(s.path(layersDirName)); err != nil {
+	if err := fsutil.SyncDir(s.path(layersDirName)); err != nil {
 		return layerMeta{}, dir, err
 	}
 	return meta, dir, nil

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/pirun/pirun/internal/fsutil"
 )
 
 // State layout under stateDir/<bridge>/:
@@ -141,7 +143,7 @@ func (b *Bridge) reserve(r addrRange, used map[netip.Addr]struct{}, ids []string
 	if err := syncFS(filepath.Join(b.dir, ipsDir)); err != nil {
 		return addrs, fmt.Errorf("network %s: sync allocations: %w", b.name, err)
 	}
-	if err := writeFileAtomic(filepath.Join(b.dir, hintFile), []byte(addrs[len(addrs)-1].String())); err != nil {
+	if err := fsutil.WriteFileAtomic(filepath.Join(b.dir, hintFile), []byte(addrs[len(addrs)-1].String()), 0o600); err != nil {
 		return addrs, fmt.Errorf("network %s: write allocation hint: %w", b.name, err)
 	}
 	return addrs, nil

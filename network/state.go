@@ -2,44 +2,22 @@ package network
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pirun/pirun/internal/fsutil"
 )
 
 // lock takes the state directory's flock, waiting until ctx is done.
 func (b *Bridge) lock(ctx context.Context) (unlock func(), err error) {
-	f, err := os.OpenFile(filepath.Join(b.dir, lockFile), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	unlock, err = fsutil.Lock(ctx, filepath.Join(b.dir, lockFile))
 	if err != nil {
-		return nil, fmt.Errorf("network %s: open lock: %w", b.name, err)
+		return nil, fmt.Errorf("network %s: lock: %w", b.name, err)
 	}
-	wait := time.Millisecond
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() {
-				// Closing the file drops the lock.
-				f.Close()
-			}, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("network %s: lock: %w", b.name, err)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			f.Close()
-			return nil, fmt.Errorf("network %s: wait for lock: %w", b.name, context.Cause(ctx))
-		case <-t.C:
-		}
-		wait = min(2*wait, 20*time.Millisecond)
-	}
+	return unlock, nil
 }
 
 // writeTemp writes data to a new temporary file in dir, fsynced if sync.
@@ -60,19 +38,6 @@ func writeTemp(dir string, data []byte, sync bool) (string, error) {
 		return "", err
 	}
 	return f.Name(), nil
-}
-
-// writeFileAtomic replaces path with data: temp file, fsync, rename.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := writeTemp(filepath.Dir(path), data, true)
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
 }
 
 // createExclusive creates path with data, complete or not at all: the data

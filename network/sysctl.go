@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/pirun/pirun/internal/fsutil"
 )
 
 // The neighbour (ARP) table's garbage-collection thresholds. The table is
@@ -104,7 +106,7 @@ func (b *Bridge) raiseNeigh(n int) error {
 			return err
 		}
 		// Record first: a crash after the write still restores.
-		if err := writeFileAtomic(filepath.Join(b.dir, sysctlFile), data); err != nil {
+		if err := fsutil.WriteFileAtomic(filepath.Join(b.dir, sysctlFile), data, 0o600); err != nil {
 			return fmt.Errorf("record sysctls: %w", err)
 		}
 		for i, k := range neighKeys {

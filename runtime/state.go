@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -13,8 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/pirun/pirun/internal/fsutil"
 	"github.com/pirun/pirun/network"
 )
 
@@ -128,33 +128,10 @@ func (s store) write(c *Container) error {
 	if err != nil {
 		return fmt.Errorf("container %s: encode state: %w", c.ID, err)
 	}
-	if err := writeFileAtomic(s.stateFile(c.ID), b); err != nil {
+	if err := fsutil.WriteFileAtomic(s.stateFile(c.ID), b, 0o600); err != nil {
 		return fmt.Errorf("container %s: write state: %w", c.ID, err)
 	}
 	return nil
-}
-
-func writeFileAtomic(path string, data []byte) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }
 
 // read loads the record of id. A missing record is ErrNotFound.
@@ -277,19 +254,9 @@ func (s store) lock(id string) (func(), error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("container %s: %w", shortID(id), err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	unlock, err := fsutil.Lock(context.Background(), filepath.Join(dir, "lock"))
 	if err != nil {
 		return nil, fmt.Errorf("container %s: lock: %w", shortID(id), err)
 	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("container %s: lock: %w", shortID(id), err)
-	}
-	return func() { f.Close() }, nil
+	return unlock, nil
 }
