@@ -39,19 +39,8 @@ func count() int {
 func setup(b *testing.B) *runtime.Runtime {
 	b.Helper()
 	testutil.RequiresRoot(b)
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		b.Skip("skipping: /bin/busybox missing (make deps)")
-	}
-	dir := b.TempDir()
-	img, err := imagebuild.BusyboxHTTPD("/bin/busybox", imagebuild.DefaultName)
-	if err != nil {
-		b.Fatal(err)
-	}
-	archive := filepath.Join(dir, "image.tar")
-	if err := imagebuild.WriteArchive(context.Background(), archive, img); err != nil {
-		b.Fatal(err)
-	}
-	store, err := image.Open(filepath.Join(dir, "root"))
+	archive := testutil.DefaultImageArchive(b)
+	store, err := image.Open(filepath.Join(b.TempDir(), "root"))
 	if err != nil {
 		b.Fatal(err)
 	}

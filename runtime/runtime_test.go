@@ -20,7 +20,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/pirun/pirun/image"
-	"github.com/pirun/pirun/internal/imagebuild"
 	"github.com/pirun/pirun/internal/testutil"
 	"github.com/pirun/pirun/network"
 	"github.com/pirun/pirun/runtime"
@@ -35,7 +34,11 @@ func TestMain(m *testing.M) {
 	if code, ok := testutil.RunInPrivateNetns(); ok {
 		os.Exit(code)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if fixture.root != "" {
+		os.RemoveAll(fixture.root)
+	}
+	os.Exit(code)
 }
 
 // fixture is an image store holding the default image, built once.
@@ -51,9 +54,7 @@ const imageName = "rpi-busybox-httpd"
 func imageStore(t *testing.T) *image.Store {
 	t.Helper()
 	testutil.RequiresRoot(t)
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("skipping: /bin/busybox missing (Debian package busybox-static; make deps installs it)")
-	}
+	archive := testutil.DefaultImageArchive(t)
 	fixture.once.Do(func() {
 		dir, err := os.MkdirTemp("", "pirun-runtime-test-")
 		if err != nil {
@@ -61,15 +62,6 @@ func imageStore(t *testing.T) *image.Store {
 			return
 		}
 		fixture.root = dir
-		img, err := imagebuild.BusyboxHTTPD("/bin/busybox", imageName+":latest")
-		if err != nil {
-			fixture.err = err
-			return
-		}
-		archive := filepath.Join(dir, "image.tar")
-		if fixture.err = imagebuild.WriteArchive(context.Background(), archive, img); fixture.err != nil {
-			return
-		}
 		if fixture.store, fixture.err = image.Open(filepath.Join(dir, "store")); fixture.err != nil {
 			return
 		}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pirun/pirun/internal/imagebuild"
 	"github.com/pirun/pirun/internal/testutil"
 	"github.com/pirun/pirun/runtime"
 )
@@ -48,19 +46,9 @@ type cli struct {
 func newCLI(t *testing.T) *cli {
 	t.Helper()
 	testutil.RequiresRoot(t)
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("skipping: /bin/busybox missing (Debian package busybox-static; make deps installs it)")
-	}
+	archive := testutil.DefaultImageArchive(t)
 	dir := t.TempDir()
 	c := &cli{t: t, root: filepath.Join(dir, "root"), state: filepath.Join(dir, "state")}
-	img, err := imagebuild.BusyboxHTTPD("/bin/busybox", "rpi-busybox-httpd:latest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	archive := filepath.Join(dir, "image.tar")
-	if err := imagebuild.WriteArchive(context.Background(), archive, img); err != nil {
-		t.Fatal(err)
-	}
 	c.ok("pull", "oci-archive:"+archive)
 	t.Cleanup(func() {
 		if out, code := c.run("rm", "-f", "--all"); code != 0 {
