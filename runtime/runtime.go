@@ -273,14 +273,18 @@ type Stdio struct {
 
 // Run starts one container attached to stdio, waits for it to exit and
 // returns its record and exit code (128+N if killed by signal N). The
-// container stays (exited) until Remove.
+// container stays (exited) until Remove. Cancelling ctx kills it.
 func (r *Runtime) Run(ctx context.Context, cfg Config, stdio Stdio) (*Container, int, error) {
 	cs, err := r.spawn(ctx, cfg, 1, true, &stdio, nil)
 	if err != nil {
 		return nil, -1, err
 	}
 	c := cs[0]
+	// Cancelling ctx (Ctrl-C) kills the container: as PID 1 of its own
+	// namespace it would ignore the terminal's SIGINT.
+	stop := context.AfterFunc(ctx, func() { _ = c.proc.Signal(unix.SIGKILL) })
 	st, werr := c.proc.Wait()
+	stop()
 	code := -1
 	if st != nil {
 		if ws, ok := st.Sys().(syscall.WaitStatus); ok {

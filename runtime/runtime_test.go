@@ -408,3 +408,21 @@ func TestSubnetExhausted(t *testing.T) {
 	}
 	assertNothingLeft(t, state, "pirun-tfull")
 }
+
+// Cancelling a foreground run (Ctrl-C) kills the container.
+func TestRunCancel(t *testing.T) {
+	rt := newRuntime(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	c, code, err := rt.Run(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Cmd: []string{"sleep", "60"}}, runtime.Stdio{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 10*time.Second || code != 128+9 {
+		t.Errorf("cancelled run: exit %d after %s, want 137 soon after the cancel", code, d)
+	}
+	if err := rt.Remove(context.Background(), []string{c.ID}, false); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -63,7 +63,7 @@ func (g *globals) store() (*image.Store, error) {
 	return image.Open(g.root, image.WithLogger(g.logger()))
 }
 
-func (g *globals) runtime() (*runtime.Runtime, error) {
+func (g *globals) runtime(opts ...runtime.Option) (*runtime.Runtime, error) {
 	if g.state == "" {
 		return nil, fmt.Errorf("--state: empty path")
 	}
@@ -71,7 +71,7 @@ func (g *globals) runtime() (*runtime.Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	return runtime.New(g.state, s, runtime.WithLogger(g.logger()))
+	return runtime.New(g.state, s, append([]runtime.Option{runtime.WithLogger(g.logger())}, opts...)...)
 }
 
 // output is how a verb prints: a table for people, JSON or bare ids for scripts.

@@ -11,7 +11,7 @@ import (
 )
 
 func newSpawnCmd(g *globals) *cobra.Command {
-	var n int
+	var n, parallel int
 	var cfg runtime.Config
 	var out output
 	cmd := &cobra.Command{
@@ -30,7 +30,10 @@ PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
 			if n < 1 {
 				return fmt.Errorf("-n %d: the count must be at least 1", n)
 			}
-			rt, err := g.runtime()
+			if parallel < 0 {
+				return fmt.Errorf("--parallel %d: must not be negative", parallel)
+			}
+			rt, err := g.runtime(runtime.WithWorkers(parallel))
 			if err != nil {
 				return err
 			}
@@ -72,6 +75,7 @@ PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
 	cmd.Flags().SetInterspersed(false)
 	cmd.Flags().IntVarP(&n, "count", "n", 1, "number of containers to start")
 	cmd.Flags().StringVar(&cfg.Name, "name", "", "name prefix (default: the image's name)")
+	cmd.Flags().IntVar(&parallel, "parallel", 0, "containers started at once (default: 2 per CPU)")
 	cmd.Flags().StringVar(&cfg.Network, "network", runtime.NetworkBridge, "network: bridge or none")
 	cmd.Flags().StringArrayVarP(&cfg.Env, "env", "e", nil, "set an environment variable (KEY=VALUE)")
 	out.flags(cmd, "print only container ids")
