@@ -351,42 +351,39 @@ func (r *Runtime) spawn(ctx context.Context, cfg Config, n int, exact bool, stdi
 			LogPath:   filepath.Join(r.st.containerDir(id), "log"),
 			RootfsDir: filepath.Join(r.st.containerDir(id), "rootfs"),
 		}}
-		if exact {
-			c.Name = prefix
-			if err := r.st.reserveName(c.Name, id); err != nil {
-				return nil, err
-			}
-		} else {
-			for {
-				name := prefix + "-" + strconv.Itoa(next)
+		if n > 1 {
+			c.Group = prefix
+		}
+		// The directory and the record come before the name, so that no
+		// name ever points at nothing a crash could leave behind.
+		if err := os.MkdirAll(c.RootfsDir, 0o700); err != nil {
+			return nil, fmt.Errorf("container %s: %w", shortID(id), err)
+		}
+		cs[i] = c
+		for {
+			name := prefix
+			if !exact {
+				name = prefix + "-" + strconv.Itoa(next)
 				next++
 				if names[name] {
 					continue
 				}
-				if err := r.st.reserveName(name, id); errors.Is(err, ErrNameInUse) {
-					continue
-				} else if err != nil {
-					return nil, err
-				}
-				c.Name = name
+			}
+			c.Name = name
+			if err := r.st.write(&c.Container); err != nil {
+				return nil, err
+			}
+			err := r.st.reserveName(name, id)
+			if err == nil {
 				break
 			}
+			c.Name = ""
+			if exact || !errors.Is(err, ErrNameInUse) {
+				return nil, err
+			}
 		}
-		if n > 1 {
-			c.Group = prefix
-		}
-		if err := os.MkdirAll(c.RootfsDir, 0o700); err != nil {
-			r.st.releaseName(c.Name, id)
-			return nil, fmt.Errorf("container %s: %w", c.Name, err)
-		}
-		cs[i] = c
 	}
 
-	for _, c := range cs {
-		if err := r.st.write(&c.Container); err != nil {
-			return nil, err
-		}
-	}
 	if g.net != nil {
 		ids := make([]string, n)
 		for i, c := range cs {

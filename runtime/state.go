@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/pirun/pirun/internal/fsutil"
 	"github.com/pirun/pirun/network"
 )
@@ -168,15 +170,46 @@ func (s store) ids() ([]string, error) {
 	return ids, nil
 }
 
-// reserveName links names/<name> to id; it fails with ErrNameInUse if taken.
+// reserveName links names/<name> to id; it fails with ErrNameInUse if a
+// container has the name. A name left pointing at a container that is gone
+// (a pirun killed while removing it) is taken over.
 func (s store) reserveName(name, id string) error {
-	if err := os.Symlink(id, filepath.Join(s.namesDir(), name)); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("name %q: %w", name, ErrNameInUse)
+	p := filepath.Join(s.namesDir(), name)
+	err := os.Symlink(id, p)
+	if errors.Is(err, os.ErrExist) {
+		if owner, rerr := os.Readlink(p); rerr == nil {
+			if _, serr := os.Stat(s.containerDir(owner)); errors.Is(serr, os.ErrNotExist) {
+				tmp := p + ".tmp-" + shortID(id)
+				if err = os.Symlink(id, tmp); err == nil {
+					if err = replaceLink(tmp, p, owner); err != nil {
+						os.Remove(tmp)
+					}
+				}
+			}
 		}
+	}
+	if errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("name %q: %w", name, ErrNameInUse)
+	}
+	if err != nil {
 		return fmt.Errorf("name %q: reserve: %w", name, err)
 	}
 	return nil
+}
+
+// replaceLink puts the symlink tmp in place of p only if p still points at
+// owner: it exchanges the two atomically and looks at what it got back; if
+// that was not owner (another pirun took the name over first), it exchanges
+// them back and reports ErrExist.
+func replaceLink(tmp, p, owner string) error {
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, p, unix.RENAME_EXCHANGE); err != nil {
+		return err
+	}
+	if got, err := os.Readlink(tmp); err == nil && got == owner {
+		return os.Remove(tmp)
+	}
+	_ = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, p, unix.RENAME_EXCHANGE)
+	return os.ErrExist
 }
 
 // releaseName removes names/<name> if it still points at id.

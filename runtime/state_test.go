@@ -183,3 +183,31 @@ func TestResolveUser(t *testing.T) {
 		}
 	}
 }
+
+// A name left pointing at a container that is gone is taken over; a live
+// one is not.
+func TestReserveStaleName(t *testing.T) {
+	s := store{dir: t.TempDir()}
+	if err := s.init(); err != nil {
+		t.Fatal(err)
+	}
+	gone, live, next := strings.Repeat("1", 64), strings.Repeat("2", 64), strings.Repeat("3", 64)
+	for _, id := range []string{live, next} {
+		os.MkdirAll(s.containerDir(id), 0o700)
+	}
+	if err := s.reserveName("stale", gone); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.reserveName("stale", next); err != nil {
+		t.Fatalf("taking over a stale name: %v", err)
+	}
+	if id, _ := s.nameTarget("stale"); id != next {
+		t.Errorf("stale name now points at %q", id)
+	}
+	if err := s.reserveName("stale", live); !errors.Is(err, ErrNameInUse) {
+		t.Errorf("taking a live name: %v", err)
+	}
+	if ents, _ := os.ReadDir(s.namesDir()); len(ents) != 1 {
+		t.Errorf("%d entries in names/, want 1 (no temp link left)", len(ents))
+	}
+}
