@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"os"
 	"strings"
 	"testing"
 )
@@ -41,5 +43,48 @@ func TestArgumentParsing(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("pirun %s: %v, want an error with %q", strings.Join(tc.args, " "), err, tc.want)
 		}
+	}
+}
+
+// The config file sets defaults; flags and environment win over it.
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	conf := dir + "/config.json"
+	os.WriteFile(conf, []byte(`{"root": "`+dir+`/from-config", "state": "`+dir+`/state", "subnet": "10.200.0.0/16"}`), 0o600)
+	run := func(args ...string) error {
+		cmd := newRootCmd()
+		cmd.SetOut(io.Discard)
+		cmd.SetArgs(args)
+		return cmd.ExecuteContext(context.Background())
+	}
+	if err := run("--config", conf, "images"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir + "/from-config"); err != nil {
+		t.Errorf("the config's root was not used: %v", err)
+	}
+	if err := run("--config", conf, "--root", dir+"/from-flag", "images"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir + "/from-flag"); err != nil {
+		t.Errorf("--root did not win over the config: %v", err)
+	}
+	t.Setenv("PIRUN_ROOT", dir+"/from-env")
+	if err := run("--config", conf, "images"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir + "/from-env"); err != nil {
+		t.Errorf("PIRUN_ROOT did not win over the config: %v", err)
+	}
+	os.WriteFile(conf, []byte(`{"rooot": "/x"}`), 0o600)
+	if err := run("--config", conf, "images"); err == nil || !strings.Contains(err.Error(), "rooot") {
+		t.Errorf("unknown key: %v", err)
+	}
+	if err := run("--config", dir+"/missing.json", "images"); err == nil {
+		t.Error("a missing config file named with --config is no error")
+	}
+	os.WriteFile(conf, []byte(`{"subnet": "10.300.0.0/16", "root": "`+dir+`/r"}`), 0o600)
+	if err := run("--config", conf, "images"); err == nil || !strings.Contains(err.Error(), "10.300") {
+		t.Errorf("bad subnet: %v", err)
 	}
 }

@@ -11,14 +11,19 @@ import (
 	"golang.org/x/term"
 
 	"github.com/pirun/pirun/image"
+	"github.com/pirun/pirun/network"
 	"github.com/pirun/pirun/runtime"
 )
 
 // globals are the flags every verb shares.
 type globals struct {
-	root  string
-	state string
-	debug bool
+	configPath string
+	root       string
+	state      string
+	bridge     string
+	subnet     string
+	debug      bool
+	netOpts    []runtime.Option
 }
 
 func newRootCmd() *cobra.Command {
@@ -32,21 +37,18 @@ directly through runc's libcontainer: no daemon, no shim per container.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	cmd.PersistentFlags().StringVar(&g.root, "root", envOr("PIRUN_ROOT", "/var/lib/pirun"), "image store directory (env PIRUN_ROOT)")
-	cmd.PersistentFlags().StringVar(&g.state, "state", envOr("PIRUN_STATE", "/run/pirun"), "runtime state directory, best on a tmpfs (env PIRUN_STATE)")
+	cmd.PersistentFlags().StringVar(&g.configPath, "config", "", "config file of defaults (env PIRUN_CONFIG; default "+defaultConfigPath+" if it exists)")
+	cmd.PersistentFlags().StringVar(&g.root, "root", "/var/lib/pirun", "image store directory (env PIRUN_ROOT)")
+	cmd.PersistentFlags().StringVar(&g.state, "state", "/run/pirun", "runtime state directory, best on a tmpfs (env PIRUN_STATE)")
+	cmd.PersistentFlags().StringVar(&g.bridge, "bridge", network.DefaultBridgeName, "bridge of the bridge network")
+	cmd.PersistentFlags().StringVar(&g.subnet, "subnet", network.DefaultSubnet.String(), "subnet of the bridge network")
 	cmd.PersistentFlags().BoolVar(&g.debug, "debug", false, "log what pirun does to stderr")
+	cmd.PersistentPreRunE = func(cmd *cobra.Command, args []string) error { return g.apply(cmd) }
 	cmd.AddCommand(
 		newPullCmd(g), newImagesCmd(g), newSpawnCmd(g), newRunCmd(g), newPsCmd(g),
 		newStopCmd(g), newRmCmd(g), newLogsCmd(g), newVersionCmd(),
 	)
 	return cmd
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }
 
 func (g *globals) logger() *slog.Logger {
@@ -71,7 +73,8 @@ func (g *globals) runtime(opts ...runtime.Option) (*runtime.Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	return runtime.New(g.state, s, append([]runtime.Option{runtime.WithLogger(g.logger())}, opts...)...)
+	opts = append(append([]runtime.Option{runtime.WithLogger(g.logger())}, g.netOpts...), opts...)
+	return runtime.New(g.state, s, opts...)
 }
 
 // output is how a verb prints: a table for people, JSON or bare ids for scripts.
