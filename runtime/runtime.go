@@ -351,8 +351,8 @@ func (r *Runtime) spawn(ctx context.Context, cfg Config, n int, exact bool, stdi
 			LogPath:   filepath.Join(r.st.containerDir(id), "log"),
 			RootfsDir: filepath.Join(r.st.containerDir(id), "rootfs"),
 		}}
-		if n > 1 {
-			c.Group = prefix
+		if !exact {
+			c.Group = prefix // the spawn group, for rm --group
 		}
 		// The directory and the record come before the name, so that no
 		// name ever points at nothing a crash could leave behind.

@@ -26,7 +26,8 @@ func TestArgumentParsing(t *testing.T) {
 	}{
 		{[]string{"spawn"}, "requires at least 1 arg"},
 		{[]string{"spawn", "-n", "x", "img"}, "invalid argument"},
-		{[]string{"stop", "--all", "web"}, "not both"},
+		{[]string{"stop", "--all", "web"}, "only one"},
+		{[]string{"rm", "--all", "--group", "web"}, "only one"},
 		{[]string{"rm"}, "--all"},
 		{[]string{"stop", "-t", "-1", "web"}, "negative"},
 		{[]string{"logs"}, "accepts 1 arg"},

@@ -206,6 +206,15 @@ func TestCLISpawn(t *testing.T) {
 		t.Errorf("second spawn: names %q, want web-6 and web-7", got)
 	}
 	c.fails("running", "rm", "web-1")
+	c.ok("rm", "-f", "--group", "web")
+	if ps := c.ps("-a"); len(ps) != 0 {
+		t.Errorf("after rm -f --group web: %+v", ps)
+	}
+	c.ok("run", "-d", "--name", "other", "rpi-busybox-httpd")
+	c.ok("rm", "-f", "--group", "web")
+	if ps := c.ps("-a"); len(ps) != 1 || ps[0].Name != "other" {
+		t.Errorf("rm --group removed a container of no group: %+v", ps)
+	}
 	c.ok("rm", "-f", "--all")
 	if ps := c.ps("-a"); len(ps) != 0 {
 		t.Errorf("after rm -f --all: %+v", ps)

@@ -5,16 +5,17 @@ import (
 )
 
 func newRmCmd(g *globals) *cobra.Command {
-	var all, force bool
+	var sel selection
+	var force bool
 	cmd := &cobra.Command{
-		Use:   "rm [-f] (ID...|--all)",
+		Use:   "rm [-f] (ID...|--all|--group PREFIX)",
 		Short: "Remove containers (running ones only with -f, which kills them)",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rt, err := g.runtime()
 			if err != nil {
 				return err
 			}
-			ids, rerr := targets(cmd.Context(), rt, args, all)
+			ids, rerr := sel.targets(cmd.Context(), rt, args)
 			if len(ids) == 0 {
 				return rerr
 			}
@@ -26,7 +27,7 @@ func newRmCmd(g *globals) *cobra.Command {
 			return rerr
 		},
 	}
-	cmd.Flags().BoolVar(&all, "all", false, "remove every container")
+	sel.flags(cmd, "remove")
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "kill running containers and remove them")
 	return cmd
 }
