@@ -10,7 +10,7 @@ IMAGE   := build/rpi-busybox-httpd.tar
 N       ?= 100
 PIRUN   := bin/pirun --root $(ROOT) --state $(STATE)
 
-.PHONY: all build image demo test lint deps clean clean-test bench
+.PHONY: all build image demo test lint deps clean clean-test bench cross cross-check bench-deps
 all: build
 
 ## deps: install what a fresh Debian machine lacks (apt packages, Go modules)
@@ -55,9 +55,44 @@ lint:
 clean-test:
 	./scripts/clean-test.sh
 
+## cross: static binaries for linux/amd64, linux/arm (GOARM=7, Raspberry Pi 2/3) and linux/arm64
+## into bin/; installs Debian's cross compilers when missing. Budget: 25 MiB each.
+CROSS := amd64:x86_64-linux-gnu-gcc:gcc-x86-64-linux-gnu arm:arm-linux-gnueabihf-gcc:gcc-arm-linux-gnueabihf arm64:aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu
+cross:
+	@for t in $(CROSS); do \
+		arch=$${t%%:*}; rest=$${t#*:}; cc=$${rest%%:*}; pkg=$${rest#*:}; \
+		[ "$$arch" = "$$($(GO) env GOARCH)" ] && cc=gcc && pkg=gcc; \
+		command -v $$cc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg >/dev/null; } || exit 1; \
+		echo "building bin/pirun-linux-$$arch"; \
+		CGO_ENABLED=1 GOOS=linux GOARCH=$$arch GOARM=7 CC=$$cc \
+			$(GO) build -tags $(TAGS),netgo,osusergo -trimpath \
+			-ldflags "$(LDFLAGS) -s -w -extldflags -static" -o bin/pirun-linux-$$arch ./cmd/pirun 2>&1 \
+			| grep -v -e 'statically linked applications requires at runtime' -e 'in function .unixDlOpen' -e '^# ' ; \
+		test -x bin/pirun-linux-$$arch || exit 1; \
+		size=$$(stat -c %s bin/pirun-linux-$$arch); \
+		echo "  $$(file -b bin/pirun-linux-$$arch | grep -o 'ELF [^,]*, [^,]*\|statically linked' | paste -sd' ') — $$size bytes"; \
+		[ $$size -le 26214400 ] || echo "  OVER the 25 MiB budget by $$((size - 26214400)) bytes"; \
+	done
+
+## cross-check: run the arm and arm64 binaries' version and --help under qemu-user
+cross-check: cross
+	@command -v qemu-arm-static >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static >/dev/null; }
+	qemu-arm-static bin/pirun-linux-arm version
+	qemu-aarch64-static bin/pirun-linux-arm64 version
+	qemu-arm-static bin/pirun-linux-arm --help >/dev/null
+	qemu-aarch64-static bin/pirun-linux-arm64 --help >/dev/null
+
 clean:
 	rm -rf bin build
 
-## bench: start N (100) containers until all answer; memory per container; teardown
+## bench-deps: install Docker, podman and crun from Debian, for make bench
+bench-deps: deps
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io podman crun uidmap skopeo iptables >/dev/null
+
+## bench: pirun, Docker, tuned Docker and podman, N=100 and 1000 replicas each, in turns
+## (N=..., REPEAT=3, RUNTIMES=..., BENCH_TIMEOUT=per-run start budget); writes bench/results/
 bench: deps build
-	N=$(N) $(GO) test -tags $(TAGS) -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/
+	@mkdir -p build
+	$(GO) run -tags $(TAGS) ./internal/mkimage -busybox $(BUSYBOX) -o $(IMAGE) -name rpi-busybox-httpd:latest
+	$(GO) build -tags $(TAGS) -trimpath -o bin/density ./bench/cmd/density
+	N="$(if $(filter file,$(origin N)),100 1000,$(N))" bin/density -archive $(IMAGE) -out bench/results
