@@ -895,3 +895,42 @@ func TestReleaseByContainerID(t *testing.T) {
 		assertClean(t, dir, "pirun0")
 	})
 }
+
+// pirun's networks are IPv4: Attach and SetupLoopback turn IPv6 off in the
+// container's namespace before its interfaces come (it costs ~240 kB of
+// kernel memory per container).
+func TestIPv6Off(t *testing.T) {
+	inTestNS(t, func(netns.NsHandle) {
+		ctx := context.Background()
+		b := newBridge(t, t.TempDir())
+		eps, err := b.Allocate(ctx, testIDs("v", 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Release(ctx, eps)
+		bridged, bpath := newNS(t)
+		defer bridged.Close()
+		if err := b.Attach(ctx, eps[0], bpath); err != nil {
+			t.Fatal(err)
+		}
+		none, npath := newNS(t)
+		defer none.Close()
+		if err := SetupLoopback(npath); err != nil {
+			t.Fatal(err)
+		}
+		for name, ns := range map[string]netns.NsHandle{"bridge": bridged, "none": none} {
+			doIn(t, ns, func() {
+				for _, k := range []string{"all", "default", "lo"} {
+					v, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + k + "/disable_ipv6")
+					if err != nil || strings.TrimSpace(string(v)) != "1" {
+						t.Errorf("%s: %s.disable_ipv6 = %q, %v; want 1", name, k, v, err)
+					}
+				}
+				addrs, err := netlink.AddrList(nil, netlink.FAMILY_V6)
+				if err != nil || len(addrs) != 0 {
+					t.Errorf("%s: IPv6 addresses %v, %v; want none", name, addrs, err)
+				}
+			})
+		}
+	})
+}
