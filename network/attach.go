@@ -24,9 +24,8 @@ func HostIfName(containerID string) string {
 // /proc/PID/task/TID/ns/net) to the bridge: a veth pair whose host end
 // ep.HostIf joins the bridge and whose peer is created directly inside the
 // namespace as eth0, with ep.Address and a default route via ep.Gateway; lo
-// is brought up too, and IPv6 turned off (pirun's networks are IPv4). It
-// works from any thread, whatever its namespace. On failure it deletes the
-// veth pair.
+// is brought up too. It works from any thread, whatever its namespace. On
+// failure it deletes the veth pair.
 func (b *Bridge) Attach(ctx context.Context, ep Endpoint, nsPath string) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("network %s: container %q: attach: %w", b.name, ep.ContainerID, err)
@@ -42,9 +41,6 @@ func (b *Bridge) Attach(ctx context.Context, ep Endpoint, nsPath string) (err er
 		return fmt.Errorf("network %s: container %q: open namespace %s: %w", b.name, ep.ContainerID, nsPath, err)
 	}
 	defer ns.Close()
-	if err := disableIPv6(ns); err != nil {
-		return fmt.Errorf("network %s: container %q: %w", b.name, ep.ContainerID, err)
-	}
 	br, err := b.nl.LinkByName(b.name)
 	if err != nil {
 		return fmt.Errorf("network %s: container %q: look up bridge (was the address allocated?): %w", b.name, ep.ContainerID, err)
@@ -103,9 +99,6 @@ func SetupLoopback(nsPath string) error {
 		return fmt.Errorf("open namespace %s: %w", nsPath, err)
 	}
 	defer ns.Close()
-	if err := disableIPv6(ns); err != nil {
-		return fmt.Errorf("namespace %s: %w", nsPath, err)
-	}
 	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink in %s: %w", nsPath, err)
