@@ -16,14 +16,25 @@ var (
 	ErrNotFound     = errors.New("image not found")
 	ErrInvalidRef   = errors.New("invalid image reference")
 	ErrInvalidLayer = errors.New("invalid layer")
+	// ErrPlatform: an index holds no image for the platform wanted.
+	ErrPlatform = errors.New("no image for the platform")
+	// ErrUnsupported: a manifest or config of a media type pirun cannot run.
+	ErrUnsupported = errors.New("unsupported image")
+	// ErrInUse: a container uses the image (returned by callers that know
+	// the containers, such as pirun rmi).
+	ErrInUse = errors.New("image in use")
 )
 
 // Image is one image in the store. It is serialized in images.json.
 type Image struct {
 	// Name is the normalized reference, e.g. docker.io/library/rpi-busybox-httpd:latest.
 	Name string `json:"name"`
-	// Digest is the digest of the image manifest.
+	// Digest is the digest of the image manifest, as stored (OCI).
 	Digest digest.Digest `json:"digest"`
+	// SourceDigest is the digest of the manifest at the source it was
+	// pulled from (a registry's digest), which differs from Digest when
+	// containers/image converted a Docker manifest to OCI.
+	SourceDigest digest.Digest `json:"source_digest,omitempty"`
 	// ID is the digest of the image config.
 	ID digest.Digest `json:"id"`
 	// Config is the runtime part of the image config (Entrypoint, Cmd, Env,

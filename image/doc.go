@@ -20,22 +20,44 @@
 //	tmp/            containers/image's scratch space (an extracted archive)
 //	images.json     names → image records, written atomically
 //	lock            flock serializing writers across pirun processes
+//	registries.conf registry settings, containers-registries.conf(5) v2:
+//	                insecure (plain HTTP) registries, mirrors, blocked
+//	                registries; the only registry configuration read
+//	                (never /etc/containers); missing means empty
 //
 // Names are normalized like Docker's ("busybox" is
 // "docker.io/library/busybox:latest"); [FamiliarName] gives the short form
 // back for display.
 //
-// [Store.Import] holds the lock for the whole import: the OCI layout's
-// index.json is not safe for concurrent writers, and a layer is unpacked
-// by one process only. Readers ([Store.Lookup], [Store.List]) take no lock:
+// [Store.Pull] fetches from registries (containers/image's docker
+// transport; credentials from the Docker config as containers/image reads
+// them) and from archives ([Store.Import] is Pull limited to archives).
+// It first resolves the reference to one image manifest (the host's
+// platform, or [WithPlatform], from an index); an image whose manifest the
+// store already holds is recorded without any blob transfer. Otherwise
+// containers/image copies the blobs into oci/ (verified, each blob written
+// once), and each new layer is unpacked while it downloads: the layout's
+// destination is wrapped so that PutBlob tees the stream into the
+// unpacker (stream.go), then the config's diff_ids check and publish the
+// trees. containers/image's on-disk blob info cache is replaced by its
+// in-memory one, so a pull writes nothing outside the root.
+//
+// Pull holds the lock from opening the source to the record: the OCI
+// layout's index.json is not safe for concurrent writers, a layer is
+// unpacked by one process only, and a second pull of the same image finds
+// it held. Pulls of different images serialize too; on a Pi the network
+// or the SD card is the limit, not the lock. [Store.Remove] drops a name;
+// [Store.Prune] removes the blobs and layer directories no record (and no
+// [WithKeep] manifest, the images of existing containers) references. Readers ([Store.Lookup], [Store.List]) take no lock:
 // images.json is replaced atomically. Unpacking needs root (files are
 // chowned to the image's owners, whiteouts are character devices).
 //
 // Layers are unpacked with umoci, entry by entry, after a check of each
 // tar header: umoci confines paths to the layer directory on its own, but
 // a layer that tries to leave it (an absolute path, "..", a path through a
-// symlink it created) is refused with [ErrInvalidLayer] rather than
-// silently confined.
+// symlink it created, a hard link through one) is refused with
+// [ErrInvalidLayer] rather than silently confined, and so is a device node
+// (containers get their devices from the runtime).
 //
 // The store never mounts anything: [Store.RootfsMount] returns the overlay
 // mount spec that the runtime mounts inside each container's own mount

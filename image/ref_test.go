@@ -71,3 +71,36 @@ func FuzzNormalizeName(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseSource feeds arbitrary pull references to the parser (which
+// touches nothing): it fails with ErrInvalidRef or yields a transport and,
+// for a registry, a normalized name that parses again.
+func FuzzParseSource(f *testing.F) {
+	for _, s := range []string{"busybox", "docker://127.0.0.1:5000/x/y:1", "oci-archive:/a.tar:x", "docker-archive:/d.tar", "oci:", "http://x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		src, err := parseSource(s)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidRef) {
+				t.Fatalf("parseSource(%q): error %v does not wrap ErrInvalidRef", s, err)
+			}
+			return
+		}
+		switch src.transport {
+		case "docker":
+			if src.docker == nil || src.name == "" {
+				t.Fatalf("parseSource(%q): registry reference without a name", s)
+			}
+			if n, err := NormalizeName(src.name); err != nil || n != src.name {
+				t.Fatalf("parseSource(%q) name %q does not normalize to itself: %q, %v", s, src.name, n, err)
+			}
+		case "oci", "oci-archive", "docker-archive":
+			if src.rest == "" {
+				t.Fatalf("parseSource(%q): empty path", s)
+			}
+		default:
+			t.Fatalf("parseSource(%q): transport %q", s, src.transport)
+		}
+	})
+}

@@ -44,7 +44,19 @@ const (
 type Option func(*options)
 
 type options struct {
-	logger *slog.Logger
+	logger         *slog.Logger
+	registriesConf string
+}
+
+// WithRegistriesConf sets the registry configuration file, in the format
+// of containers-registries.conf(5) (v2): per-registry "insecure = true"
+// (plain HTTP or unverified TLS), "blocked", [[registry.mirror]] entries,
+// prefix rewrites. Short-name aliases and unqualified-search-registries
+// are ignored: pirun resolves short names like Docker. Only this file is
+// read, never /etc/containers/registries.conf; a missing file is an empty
+// configuration. Default: registries.conf in the store's root.
+func WithRegistriesConf(path string) Option {
+	return func(o *options) { o.registriesConf = path }
 }
 
 // WithLogger sets the logger the store reports its work to.
@@ -61,8 +73,9 @@ func WithLogger(l *slog.Logger) Option {
 // use the same root at once: writers serialize on a file lock, readers see
 // images.json replaced atomically.
 type Store struct {
-	root string
-	log  *slog.Logger
+	root           string
+	log            *slog.Logger
+	registriesConf string
 }
 
 // Open opens the store rooted at root, creating its directories (mode 0700)
@@ -83,7 +96,10 @@ func Open(root string, opts ...Option) (*Store, error) {
 	if strings.ContainsAny(abs, ":,") {
 		return nil, fmt.Errorf("open image store %s: the path must not contain ':' or ','", abs)
 	}
-	s := &Store{root: abs, log: o.logger}
+	s := &Store{root: abs, log: o.logger, registriesConf: o.registriesConf}
+	if s.registriesConf == "" {
+		s.registriesConf = s.path(registriesConf)
+	}
 	for _, d := range []struct {
 		path string
 		mode os.FileMode

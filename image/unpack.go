@@ -48,28 +48,40 @@ func readLayerMeta(dir string) (layerMeta, error) {
 // ensureLayer makes sure the layer with chain ID chain is unpacked in
 // layers/<short chain>/. It returns the layer's record and, if this call
 // published the directory, its path. The caller holds the lock.
-func (s *Store) ensureLayer(ctx context.Context, desc ispec.Descriptor, diffID, chain digest.Digest) (_ layerMeta, published string, err error) {
-	dir := s.layerDir(chain)
-	if meta, err := existingLayer(dir, chain); err == nil || !errors.Is(err, fs.ErrNotExist) {
-		return meta, "", err
-	}
-
-	tmp, err := os.MkdirTemp(s.path(layersDirName), tmpLayerPrefix+shortID(chain)+"-")
-	if err != nil {
-		return layerMeta{}, "", err
-	}
+//
+// pre, if not nil, is the layer already unpacked while its blob was
+// downloaded; ensureLayer takes its directory over (or removes it).
+func (s *Store) ensureLayer(ctx context.Context, desc ispec.Descriptor, diffID, chain digest.Digest, pre *streamedLayer) (_ layerMeta, published string, err error) {
+	var tmp string
 	defer func() {
 		if tmp != "" {
 			_ = os.RemoveAll(tmp)
 		}
 	}()
-	tree := filepath.Join(tmp, layerTreeName)
-	if err := os.Mkdir(tree, 0o755); err != nil {
-		return layerMeta{}, "", err
+	if pre != nil {
+		tmp = pre.tmp
 	}
-	size, err := unpackBlob(ctx, tree, s.blobPath(desc.Digest), desc, diffID)
-	if err != nil {
-		return layerMeta{}, "", err
+	dir := s.layerDir(chain)
+	if meta, err := existingLayer(dir, chain); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return meta, "", err
+	}
+
+	var size int64
+	if pre != nil {
+		if pre.err != nil {
+			return layerMeta{}, "", pre.err
+		}
+		if pre.diffID != diffID {
+			return layerMeta{}, "", fmt.Errorf("%w: uncompressed content has digest %s, the config's diff_id is %s", ErrInvalidLayer, pre.diffID, diffID)
+		}
+		size = pre.size
+	} else {
+		if tmp, err = newLayerTemp(s.path(layersDirName), shortID(chain)); err != nil {
+			return layerMeta{}, "", err
+		}
+		if size, err = unpackBlob(ctx, filepath.Join(tmp, layerTreeName), s.blobPath(desc.Digest), desc, diffID); err != nil {
+			return layerMeta{}, "", err
+		}
 	}
 	meta := layerMeta{ChainID: chain, DiffID: diffID, Size: size}
 	b, err := json.Marshal(meta)
@@ -95,6 +107,20 @@ func (s *Store) ensureLayer(ctx context.Context, desc ispec.Descriptor, diffID, 
 	return meta, dir, nil
 }
 
+// newLayerTemp makes layers/.tmp-<name>-*/root/ and returns the
+// .tmp-* directory.
+func newLayerTemp(layers, name string) (string, error) {
+	tmp, err := os.MkdirTemp(layers, tmpLayerPrefix+name+"-")
+	if err != nil {
+		return "", err
+	}
+	if err := os.Mkdir(filepath.Join(tmp, layerTreeName), 0o755); err != nil {
+		_ = os.RemoveAll(tmp)
+		return "", err
+	}
+	return tmp, nil
+}
+
 // existingLayer returns the record of the published layer directory dir,
 // checking it holds chain and not another chain ID sharing its prefix.
 // A missing directory yields an error wrapping fs.ErrNotExist.
@@ -116,54 +142,59 @@ func existingLayer(dir string, chain digest.Digest) (layerMeta, error) {
 }
 
 // unpackBlob unpacks the layer blob at blobPath into tree, converting
-// whiteouts for overlayfs, and checks the blob against desc.Digest and its
-// uncompressed stream against diffID. It returns the uncompressed size.
+// whiteouts for overlayfs, and checks its uncompressed stream against
+// diffID. It returns the uncompressed size. The blob's own digest was
+// verified when it was written (by containers/image).
 func unpackBlob(ctx context.Context, tree, blobPath string, desc ispec.Descriptor, diffID digest.Digest) (int64, error) {
-	want, err := layerCompression(desc.MediaType)
-	if err != nil {
-		return 0, err
-	}
 	f, err := os.Open(blobPath)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	blobDigester := desc.Digest.Algorithm().Digester()
-	algo, decompress, r, err := compression.DetectCompressionFormat(io.TeeReader(f, blobDigester.Hash()))
+	got, size, err := unpackStream(ctx, tree, f, desc.MediaType)
 	if err != nil {
 		return 0, err
 	}
+	if got != diffID {
+		return 0, fmt.Errorf("%w: uncompressed content has digest %s, the config's diff_id is %s", ErrInvalidLayer, got, diffID)
+	}
+	return size, nil
+}
+
+// unpackStream unpacks the (compressed) layer blob r of the given media
+// type into tree and returns the digest and size of its uncompressed
+// content. It reads r to its end.
+func unpackStream(ctx context.Context, tree string, r io.Reader, mediaType string) (digest.Digest, int64, error) {
+	want, err := layerCompression(mediaType)
+	if err != nil {
+		return "", 0, err
+	}
+	algo, decompress, r, err := compression.DetectCompressionFormat(r)
+	if err != nil {
+		return "", 0, fmt.Errorf("%w: %w", ErrInvalidLayer, err)
+	}
 	if algo.BaseVariantName() != want {
-		return 0, fmt.Errorf("%w: media type %s but the content is compressed with %q", ErrInvalidLayer, desc.MediaType, algo.BaseVariantName())
+		return "", 0, fmt.Errorf("%w: media type %s but the content is compressed with %q", ErrInvalidLayer, mediaType, algo.BaseVariantName())
 	}
 	if decompress != nil {
 		rc, err := decompress(r)
 		if err != nil {
-			return 0, fmt.Errorf("%w: %w", ErrInvalidLayer, err)
+			return "", 0, fmt.Errorf("%w: %w", ErrInvalidLayer, err)
 		}
 		defer rc.Close()
 		r = rc
 	}
-	diffDigester := diffID.Algorithm().Digester()
+	diffDigester := digest.Canonical.Digester()
 	counter := &countWriter{}
 	stream := io.TeeReader(r, io.MultiWriter(diffDigester.Hash(), counter))
 	if err := unpackTar(ctx, tree, stream); err != nil {
-		return 0, err
+		return "", 0, err
 	}
-	// Hash what follows the tar end marker too, then the rest of the blob.
+	// Hash what follows the tar end marker too.
 	if _, err := io.Copy(io.Discard, stream); err != nil {
-		return 0, fmt.Errorf("%w: %w", ErrInvalidLayer, err)
+		return "", 0, fmt.Errorf("%w: %w", ErrInvalidLayer, err)
 	}
-	if _, err := io.Copy(blobDigester.Hash(), f); err != nil {
-		return 0, err
-	}
-	if got := blobDigester.Digest(); got != desc.Digest {
-		return 0, fmt.Errorf("%w: blob content has digest %s", ErrInvalidLayer, got)
-	}
-	if got := diffDigester.Digest(); got != diffID {
-		return 0, fmt.Errorf("%w: uncompressed content has digest %s, the config's diff_id is %s", ErrInvalidLayer, got, diffID)
-	}
-	return counter.n, nil
+	return diffDigester.Digest(), counter.n, nil
 }
 
 // layerCompression returns the compression a layer media type announces,
@@ -218,18 +249,32 @@ func unpackTar(ctx context.Context, tree string, r io.Reader) error {
 }
 
 // checkEntry refuses an entry whose path is absolute or has a ".."
-// element, a hard link whose target does, and an entry written through a
-// symlink (an earlier entry of the same layer, since tree started empty).
+// element, a hard link whose target does, a device node (a container gets
+// its devices from the runtime, never from an image), and an entry written
+// through a symlink or a hard link made through one (a symlink is an
+// earlier entry of the same layer, since tree started empty).
 func checkEntry(tree string, hdr *tar.Header) error {
 	if err := checkPath(hdr.Name); err != nil {
 		return err
 	}
-	if hdr.Typeflag == tar.TypeLink {
+	switch hdr.Typeflag {
+	case tar.TypeChar, tar.TypeBlock:
+		return errors.New("device node")
+	case tar.TypeLink:
 		if err := checkPath(hdr.Linkname); err != nil {
 			return fmt.Errorf("hard link target: %w", err)
 		}
+		if err := checkParents(tree, hdr.Linkname); err != nil {
+			return fmt.Errorf("hard link target: %w", err)
+		}
 	}
-	parts := strings.Split(path.Clean(hdr.Name), "/")
+	return checkParents(tree, hdr.Name)
+}
+
+// checkParents refuses a path of tree whose parent directories go through
+// a symlink.
+func checkParents(tree, name string) error {
+	parts := strings.Split(path.Clean(name), "/")
 	cur := tree
 	for _, p := range parts[:len(parts)-1] {
 		if p == "." || p == "" {

@@ -45,7 +45,7 @@ directly through runc's libcontainer: no daemon, no shim per container.`,
 	cmd.PersistentFlags().BoolVar(&g.debug, "debug", false, "log what pirun does to stderr")
 	cmd.PersistentPreRunE = func(cmd *cobra.Command, args []string) error { return g.apply(cmd) }
 	cmd.AddCommand(
-		newPullCmd(g), newImagesCmd(g), newSpawnCmd(g), newRunCmd(g), newPsCmd(g),
+		newPullCmd(g), newImagesCmd(g), newRmiCmd(g), newImageCmd(g), newSpawnCmd(g), newRunCmd(g), newPsCmd(g),
 		newStopCmd(g), newRmCmd(g), newLogsCmd(g), newVersionCmd(),
 	)
 	return cmd
