@@ -223,7 +223,11 @@ func TestCLISpawn(t *testing.T) {
 
 func TestCLIBadInput(t *testing.T) {
 	c := newCLI(t)
-	c.fails("no-such-image", "spawn", "-n", "2", "no-such-image")
+	c.fails("no-such-image", "spawn", "--pull", "never", "-n", "2", "no-such-image")
+	// A name the store lacks is pulled first: here from a port where no
+	// registry listens, on this machine.
+	c.fails("127.0.0.1:1/no-such-image", "spawn", "-n", "2", "127.0.0.1:1/no-such-image")
+	c.fails("--pull", "run", "--pull", "sometimes", "rpi-busybox-httpd")
 	c.fails("-n 0", "spawn", "-n", "0", "rpi-busybox-httpd")
 	c.fails("invalid container name", "run", "--name", "../etc", "rpi-busybox-httpd", "true")
 	c.fails("nobody-home", "rm", "nobody-home")

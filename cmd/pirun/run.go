@@ -13,6 +13,7 @@ import (
 
 func newRunCmd(g *globals) *cobra.Command {
 	var detach, rm bool
+	var pull pullFlag
 	var cfg runtime.Config
 	cmd := &cobra.Command{
 		Use:   "run [-d] [--rm] [--name NAME] [--network bridge|none] IMAGE [CMD...]",
@@ -33,6 +34,9 @@ detached: its id is printed and its output goes to 'pirun logs'.`,
 			}
 			cfg.Image, cfg.Cmd = args[0], args[1:]
 			ctx := cmd.Context()
+			if err := pull.ensure(ctx, g, cfg.Image, detach); err != nil {
+				return err
+			}
 			if detach {
 				c, err := rt.Start(ctx, cfg)
 				if err != nil {
@@ -64,5 +68,6 @@ detached: its id is printed and its output goes to 'pirun logs'.`,
 	cmd.Flags().StringVar(&cfg.Name, "name", "", "container name (default: derived from the image)")
 	cmd.Flags().StringVar(&cfg.Network, "network", runtime.NetworkBridge, "network: bridge or none")
 	cmd.Flags().StringArrayVarP(&cfg.Env, "env", "e", nil, "set an environment variable (KEY=VALUE)")
+	pull.flags(cmd)
 	return cmd
 }

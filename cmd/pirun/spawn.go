@@ -12,6 +12,7 @@ import (
 
 func newSpawnCmd(g *globals) *cobra.Command {
 	var n, parallel int
+	var pull pullFlag
 	var cfg runtime.Config
 	var out output
 	cmd := &cobra.Command{
@@ -38,6 +39,9 @@ PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
 				return err
 			}
 			cfg.Image, cfg.Cmd = args[0], args[1:]
+			if err := pull.ensure(cmd.Context(), g, cfg.Image, out.quiet || out.format != "table"); err != nil {
+				return err
+			}
 			var progress func(done, total int)
 			start := time.Now()
 			if !out.quiet && out.format == "table" && isTerminal(os.Stderr) {
@@ -78,6 +82,7 @@ PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
 	cmd.Flags().IntVar(&parallel, "parallel", 0, "containers started at once (default: 2 per CPU)")
 	cmd.Flags().StringVar(&cfg.Network, "network", runtime.NetworkBridge, "network: bridge or none")
 	cmd.Flags().StringArrayVarP(&cfg.Env, "env", "e", nil, "set an environment variable (KEY=VALUE)")
+	pull.flags(cmd)
 	out.flags(cmd, "print only container ids")
 	return cmd
 }
