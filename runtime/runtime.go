@@ -143,6 +143,8 @@ type Config struct {
 	Env []string
 	// Network is NetworkBridge (default) or NetworkNone.
 	Network string
+	// Resources limit each container (default: none).
+	Resources Resources
 }
 
 func (c *Config) validate() error {
@@ -166,7 +168,7 @@ func (c *Config) validate() error {
 	if c.Image == "" {
 		return fmt.Errorf("image: %w: empty", ErrInvalidConfig)
 	}
-	return nil
+	return c.Resources.validate()
 }
 
 // group is the work done once for all the containers of one start: image
@@ -191,7 +193,7 @@ func (r *Runtime) prepare(ctx context.Context, cfg Config) (*group, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmpl, err := newTemplate(img, lowerdirs(m), cfg.Cmd, cfg.Env)
+	tmpl, err := newTemplate(img, lowerdirs(m), cfg.Cmd, cfg.Env, cfg.Resources)
 	if err != nil {
 		return nil, err
 	}
@@ -347,7 +349,7 @@ func (r *Runtime) spawn(ctx context.Context, cfg Config, n int, exact bool, stdi
 		c := &started{Container: Container{
 			ID: id, Image: g.img.Name, ImageDigest: g.img.Digest.String(),
 			Command: g.tmpl.args, Created: now, Network: cfg.Network,
-			CgroupPath: cgroupPath(id), Phase: phaseCreating,
+			CgroupPath: cgroupPath(id), Phase: phaseCreating, Resources: cfg.Resources,
 			LogPath:   filepath.Join(r.st.containerDir(id), "log"),
 			RootfsDir: filepath.Join(r.st.containerDir(id), "rootfs"),
 		}}

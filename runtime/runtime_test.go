@@ -434,3 +434,85 @@ func TestRunCancel(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// cgroupValue reads a limit of the cgroup of pid: the v1 file of a
+// controller, or the v2 file when the host runs the unified hierarchy.
+func cgroupValue(t *testing.T, pid int, controller, v1file, v2file string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		var p string
+		switch {
+		case parts[0] == "0" && parts[1] == "" && v2file != "" && isUnified():
+			p = filepath.Join("/sys/fs/cgroup", parts[2], v2file)
+		case strings.Contains(","+parts[1]+",", ","+controller+","):
+			p = filepath.Join("/sys/fs/cgroup", parts[1], parts[2], v1file)
+		default:
+			continue
+		}
+		v, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(v))
+	}
+	t.Fatalf("no %s cgroup for pid %d in %s", controller, pid, b)
+	return ""
+}
+
+func isUnified() bool {
+	_, err := os.Stat("/sys/fs/cgroup/cgroup.controllers")
+	return err == nil
+}
+
+// --memory, --cpus and --pids-limit reach each container's cgroup, and a
+// container that allocates past its memory limit is OOM-killed.
+func TestResourceLimits(t *testing.T) {
+	rt := newRuntime(t)
+	ctx := context.Background()
+	res := runtime.Resources{Memory: 8 << 20, CPUs: 0.5, PidsLimit: 20}
+	cs, err := rt.Spawn(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Name: "lim", Resources: res}, 2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		if c.Resources != res {
+			t.Errorf("record of %s: resources %+v, want %+v", c.Name, c.Resources, res)
+		}
+		if got := cgroupValue(t, c.Pid, "memory", "memory.limit_in_bytes", "memory.max"); got != "8388608" {
+			t.Errorf("%s: memory limit %s, want 8388608", c.Name, got)
+		}
+		if got := cgroupValue(t, c.Pid, "pids", "pids.max", "pids.max"); got != "20" {
+			t.Errorf("%s: pids limit %s, want 20", c.Name, got)
+		}
+		if got := cgroupValue(t, c.Pid, "cpu", "cpu.cfs_quota_us", "cpu.max"); got != "50000" && got != "50000 100000" {
+			t.Errorf("%s: cpu quota %s, want 50000 per 100000", c.Name, got)
+		}
+	}
+	// 40 MB in a shell variable, under an 8 MB limit.
+	var out bytes.Buffer
+	c, code, err := rt.Run(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Resources: runtime.Resources{Memory: 8 << 20},
+		Cmd: []string{"sh", "-c", `x=$(busybox head -c 40000000 /dev/zero | busybox tr "\0" a); echo survived ${#x}`}},
+		runtime.Stdio{Stdout: &out, Stderr: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != 137 || strings.Contains(out.String(), "survived") {
+		t.Errorf("allocating 40 MB under an 8 MB limit: exit %d, output %q; want an OOM kill (137)", code, out.String())
+	}
+	if err := rt.Remove(ctx, []string{c.ID}, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []runtime.Resources{{Memory: 1 << 20}, {CPUs: -1}, {PidsLimit: -5}} {
+		if _, err := rt.Start(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Resources: bad}); !errors.Is(err, runtime.ErrInvalidConfig) {
+			t.Errorf("resources %+v: %v, want ErrInvalidConfig", bad, err)
+		}
+	}
+}

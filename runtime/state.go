@@ -60,6 +60,7 @@ type Container struct {
 	Network     string            `json:"network"`
 	Endpoint    *network.Endpoint `json:"endpoint,omitempty"`
 	CgroupPath  string            `json:"cgroup_path,omitempty"`
+	Resources   Resources         `json:"resources,omitzero"`
 
 	Phase     phase  `json:"phase"`
 	PidStart  uint64 `json:"pid_start,omitempty"` // start time of Pid in clock ticks, guards against pid reuse

@@ -211,3 +211,24 @@ func TestReserveStaleName(t *testing.T) {
 		t.Errorf("%d entries in names/, want 1 (no temp link left)", len(ents))
 	}
 }
+
+func TestParseLimits(t *testing.T) {
+	for in, want := range map[string]int64{"8m": 8 << 20, "512k": 512 << 10, "1g": 1 << 30, "1048576": 1 << 20, "8MB": 8 << 20} {
+		if got, err := ParseMemory(in); err != nil || got != want {
+			t.Errorf("ParseMemory(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"10x", "", "-1m", "m"} {
+		if _, err := ParseMemory(in); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("ParseMemory(%q): %v, want ErrInvalidConfig", in, err)
+		}
+	}
+	if got, err := ParseCPUs("0.5"); err != nil || got != 0.5 {
+		t.Errorf("ParseCPUs(0.5) = %v, %v", got, err)
+	}
+	for _, in := range []string{"half", "-1", "NaN", "Inf"} {
+		if _, err := ParseCPUs(in); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("ParseCPUs(%q): %v, want ErrInvalidConfig", in, err)
+		}
+	}
+}

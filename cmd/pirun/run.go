@@ -14,6 +14,7 @@ import (
 func newRunCmd(g *globals) *cobra.Command {
 	var detach, rm bool
 	var pull pullFlag
+	var limits limitFlags
 	var cfg runtime.Config
 	cmd := &cobra.Command{
 		Use:   "run [-d] [--rm] [--name NAME] [--network bridge|none] IMAGE [CMD...]",
@@ -30,6 +31,9 @@ detached: its id is printed and its output goes to 'pirun logs'.`,
 			}
 			rt, err := g.runtime()
 			if err != nil {
+				return err
+			}
+			if err := limits.apply(&cfg); err != nil {
 				return err
 			}
 			cfg.Image, cfg.Cmd = args[0], args[1:]
@@ -69,5 +73,6 @@ detached: its id is printed and its output goes to 'pirun logs'.`,
 	cmd.Flags().StringVar(&cfg.Network, "network", runtime.NetworkBridge, "network: bridge or none")
 	cmd.Flags().StringArrayVarP(&cfg.Env, "env", "e", nil, "set an environment variable (KEY=VALUE)")
 	pull.flags(cmd)
+	limits.flags(cmd)
 	return cmd
 }

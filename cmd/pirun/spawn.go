@@ -13,6 +13,7 @@ import (
 func newSpawnCmd(g *globals) *cobra.Command {
 	var n, parallel int
 	var pull pullFlag
+	var limits limitFlags
 	var cfg runtime.Config
 	var out output
 	cmd := &cobra.Command{
@@ -36,6 +37,9 @@ PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
 			}
 			rt, err := g.runtime(runtime.WithWorkers(parallel))
 			if err != nil {
+				return err
+			}
+			if err := limits.apply(&cfg); err != nil {
 				return err
 			}
 			cfg.Image, cfg.Cmd = args[0], args[1:]
@@ -83,6 +87,7 @@ PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
 	cmd.Flags().StringVar(&cfg.Network, "network", runtime.NetworkBridge, "network: bridge or none")
 	cmd.Flags().StringArrayVarP(&cfg.Env, "env", "e", nil, "set an environment variable (KEY=VALUE)")
 	pull.flags(cmd)
+	limits.flags(cmd)
 	out.flags(cmd, "print only container ids")
 	return cmd
 }

@@ -1,0 +1,35 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/pirun/pirun/runtime"
+)
+
+// limitFlags are the resource limits of run and spawn.
+type limitFlags struct {
+	memory, cpus string
+	pids         int64
+}
+
+func (l *limitFlags) flags(cmd *cobra.Command) {
+	cmd.Flags().StringVarP(&l.memory, "memory", "m", "", "memory limit per container, e.g. 8m or 1g (at least 6m)")
+	cmd.Flags().StringVar(&l.cpus, "cpus", "", "CPU time per container, in CPUs, e.g. 0.5")
+	cmd.Flags().Int64Var(&l.pids, "pids-limit", 0, "most processes and threads per container")
+}
+
+func (l *limitFlags) apply(cfg *runtime.Config) error {
+	var err error
+	if l.memory != "" {
+		if cfg.Resources.Memory, err = runtime.ParseMemory(l.memory); err != nil {
+			return err
+		}
+	}
+	if l.cpus != "" {
+		if cfg.Resources.CPUs, err = runtime.ParseCPUs(l.cpus); err != nil {
+			return err
+		}
+	}
+	cfg.Resources.PidsLimit = l.pids
+	return nil
+}
