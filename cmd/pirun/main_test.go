@@ -314,3 +314,28 @@ func processAlive(pid int) bool {
 	i := strings.LastIndexByte(s, ')')
 	return i > 0 && len(s) > i+2 && s[i+2] != 'Z'
 }
+
+func TestCLIStats(t *testing.T) {
+	c := newCLI(t)
+	c.ok("spawn", "-q", "-n", "2", "--memory", "8m", "--pids-limit", "20", "--network", "none", "--name", "st", "rpi-busybox-httpd")
+	var stats []struct {
+		Name        string `json:"name"`
+		MemoryUsage uint64 `json:"memory_usage"`
+		MemoryLimit uint64 `json:"memory_limit"`
+		Pids        uint64 `json:"pids"`
+		PidsLimit   uint64 `json:"pids_limit"`
+	}
+	out := c.ok("stats", "--no-stream", "--format", "json")
+	if err := json.Unmarshal([]byte(out), &stats); err != nil || len(stats) != 2 {
+		t.Fatalf("stats --no-stream --format json: %v: %s", err, out)
+	}
+	for _, s := range stats {
+		if s.MemoryLimit != 8<<20 || s.MemoryUsage == 0 || s.Pids < 1 || s.PidsLimit != 20 {
+			t.Errorf("stats of %s: %+v", s.Name, s)
+		}
+	}
+	if out := c.ok("stats", "--no-stream", "st-1"); !strings.Contains(out, "st-1") || strings.Contains(out, "st-2") {
+		t.Errorf("stats st-1: %q", out)
+	}
+	c.fails("nobody-home", "stats", "--no-stream", "nobody-home")
+}

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pirun/pirun/runtime"
+)
+
+func newStatsCmd(g *globals) *cobra.Command {
+	var noStream bool
+	var out output
+	cmd := &cobra.Command{
+		Use:   "stats [--no-stream] [--format table|json] [ID...]",
+		Short: "Show memory, CPU and pids of running containers, from their cgroups",
+		Long: `Show each running container's memory use (and limit), CPU use and number
+of processes, read from its cgroup. Without IDs: every running container.
+The CPU column is the share of one CPU used over the last interval (one
+second; half a second with --no-stream, which prints one sample and exits).`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := out.check(); err != nil {
+				return err
+			}
+			rt, err := g.runtime()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			ids, err := (&selection{all: len(args) == 0}).targets(ctx, rt, args)
+			if err != nil {
+				return err
+			}
+			interval := time.Second
+			if noStream {
+				interval = 500 * time.Millisecond
+			}
+			prev, err := rt.Stats(ctx, ids)
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(interval):
+				}
+				cur, err := rt.Stats(ctx, ids)
+				if err != nil {
+					return err
+				}
+				if !noStream && out.format == "table" && isTerminal(os.Stdout) {
+					fmt.Fprint(w, "\033[H\033[2J") // clear the screen
+				}
+				if err := printStats(w, prev, cur, out); err != nil {
+					return err
+				}
+				if noStream {
+					return nil
+				}
+				prev = cur
+			}
+		},
+	}
+	cmd.Flags().BoolVar(&noStream, "no-stream", false, "print one sample and exit")
+	out.flags(cmd, "print only container ids")
+	return cmd
+}
+
+// printStats prints cur, with CPU shares computed against prev.
+func printStats(w io.Writer, prev, cur []runtime.Stats, out output) error {
+	before := map[string]runtime.Stats{}
+	for _, s := range prev {
+		before[s.ID] = s
+	}
+	type row struct {
+		runtime.Stats
+		CPUPercent float64 `json:"cpu_percent"`
+	}
+	rows := make([]row, 0, len(cur))
+	for _, s := range cur {
+		r := row{Stats: s}
+		if p, ok := before[s.ID]; ok && s.Time.After(p.Time) && s.CPUTime >= p.CPUTime {
+			r.CPUPercent = 100 * float64(s.CPUTime-p.CPUTime) / float64(s.Time.Sub(p.Time).Nanoseconds())
+		}
+		rows = append(rows, r)
+	}
+	switch {
+	case out.format == "json":
+		return json.NewEncoder(w).Encode(rows)
+	case out.quiet:
+		for _, r := range rows {
+			fmt.Fprintln(w, r.ID[:12])
+		}
+		return nil
+	case out.tmpl != nil:
+		for _, r := range rows {
+			if err := out.tmpl.Execute(w, r); err != nil {
+				return fmt.Errorf("--format: %w", err)
+			}
+		}
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
+	fmt.Fprintln(tw, "CONTAINER ID\tNAME\tCPU %\tMEM USAGE / LIMIT\tPIDS")
+	for _, r := range rows {
+		limit, pids := "-", strconv.FormatUint(r.Pids, 10)
+		if r.MemoryLimit > 0 {
+			limit = humanSize(int64(r.MemoryLimit))
+		}
+		if r.PidsLimit > 0 {
+			pids += " / " + strconv.FormatUint(r.PidsLimit, 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.1f%%\t%s / %s\t%s\n", r.ID[:12], r.Name, r.CPUPercent, humanSize(int64(r.MemoryUsage)), limit, pids)
+	}
+	return tw.Flush()
+}
