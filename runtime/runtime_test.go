@@ -516,3 +516,66 @@ func TestResourceLimits(t *testing.T) {
 		}
 	}
 }
+
+// The defaults confine a container: it cannot mount, load kernel modules,
+// see the host's processes, or write outside its tmpfs mounts.
+func TestConfinement(t *testing.T) {
+	rt := newRuntime(t)
+	ctx := context.Background()
+	script := `
+mount -t tmpfs none /mnt 2>/dev/null && echo MOUNTED
+mount -o remount,rw / 2>/dev/null && echo REMOUNTED
+echo test > /proc/sys/kernel/modprobe 2>/dev/null && echo SYSCTL-WRITTEN
+echo x > /tmp/m.ko; busybox insmod /tmp/m.ko 2>/dev/null && echo MODULE-LOADED
+echo procs $(ls /proc | busybox grep -c '^[0-9]')
+echo x > /etc/x 2>/dev/null && echo ETC-WRITTEN
+echo x > /sys/kernel/x 2>/dev/null && echo SYS-WRITTEN
+echo x > /tmp/x && echo TMP-OK
+cat /proc/self/status | busybox grep -E '^(CapEff|CapBnd|NoNewPrivs)'
+`
+	var out bytes.Buffer
+	c, _, err := rt.Run(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Cmd: []string{"sh", "-c", script}},
+		runtime.Stdio{Stdout: &out, Stderr: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Remove(ctx, []string{c.ID}, true)
+	got := out.String()
+	for _, bad := range []string{"MOUNTED", "REMOUNTED", "SYSCTL-WRITTEN", "MODULE-LOADED", "ETC-WRITTEN", "SYS-WRITTEN"} {
+		if strings.Contains(got, bad) {
+			t.Errorf("container could do it: %s\n%s", bad, got)
+		}
+	}
+	// Only its own processes: sh, and the subshells of this script.
+	if !strings.Contains(got, "TMP-OK") || !strings.Contains(got, "NoNewPrivs:\t1") {
+		t.Errorf("want a writable /tmp and no-new-privileges:\n%s", got)
+	}
+	var procs int
+	for _, line := range strings.Split(got, "\n") {
+		if n, err := fmt.Sscanf(line, "procs %d", &procs); n == 1 && err == nil {
+			break
+		}
+	}
+	if procs < 1 || procs > 5 {
+		t.Errorf("the container sees %d processes, want only its own few:\n%s", procs, got)
+	}
+	// CAP_SYS_ADMIN (21) and CAP_SYS_MODULE (16) are neither effective nor
+	// in the bounding set (so no module loads even where the kernel has
+	// module support; this one has none).
+	seen := 0
+	for _, line := range strings.Split(got, "\n") {
+		for _, set := range []string{"CapEff:\t", "CapBnd:\t"} {
+			if v, ok := strings.CutPrefix(line, set); ok {
+				seen++
+				var caps uint64
+				fmt.Sscanf(v, "%x", &caps)
+				if caps&(1<<21) != 0 || caps&(1<<16) != 0 {
+					t.Errorf("%s%s includes CAP_SYS_ADMIN or CAP_SYS_MODULE", set, v)
+				}
+			}
+		}
+	}
+	if seen != 2 {
+		t.Errorf("no CapEff/CapBnd lines:\n%s", got)
+	}
+}
