@@ -145,6 +145,9 @@ type Config struct {
 	Network string
 	// Resources limit each container (default: none).
 	Resources Resources
+	// CapAdd and CapDrop change Docker's default capability set ("NET_ADMIN",
+	// "CAP_NET_RAW", "ALL"). Default: the set unchanged.
+	CapAdd, CapDrop []string
 }
 
 func (c *Config) validate() error {
@@ -193,7 +196,11 @@ func (r *Runtime) prepare(ctx context.Context, cfg Config) (*group, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmpl, err := newTemplate(img, lowerdirs(m), cfg.Cmd, cfg.Env, cfg.Resources)
+	caps, err := capSet(cfg.CapAdd, cfg.CapDrop)
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := newTemplate(img, lowerdirs(m), cfg.Cmd, cfg.Env, cfg.Resources, caps)
 	if err != nil {
 		return nil, err
 	}

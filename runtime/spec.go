@@ -84,7 +84,7 @@ func specFor(args, env []string, cwd string) *specs.Spec {
 
 // newTemplate works out the container configuration shared by every
 // replica of img run with cmd (empty: the image's entrypoint and command).
-func newTemplate(img *image.Image, lowerdirs []string, cmd []string, extraEnv []string, res Resources) (*template, error) {
+func newTemplate(img *image.Image, lowerdirs []string, cmd []string, extraEnv []string, res Resources, caps []string) (*template, error) {
 	args := append(append([]string{}, img.Config.Entrypoint...), img.Config.Cmd...)
 	if len(cmd) > 0 {
 		args = append(append([]string{}, img.Config.Entrypoint...), cmd...)
@@ -102,6 +102,7 @@ func newTemplate(img *image.Image, lowerdirs []string, cmd []string, extraEnv []
 		return nil, fmt.Errorf("image %s: user %q: %w", img.Name, img.Config.User, err)
 	}
 	spec := specFor(args, env, cwd)
+	spec.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps}
 	spec.Linux.Resources = res.spec()
 	spec.Linux.CgroupsPath = "/pirun/template"
 	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{

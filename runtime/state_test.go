@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -230,5 +231,31 @@ func TestParseLimits(t *testing.T) {
 		if _, err := ParseCPUs(in); !errors.Is(err, ErrInvalidConfig) {
 			t.Errorf("ParseCPUs(%q): %v, want ErrInvalidConfig", in, err)
 		}
+	}
+}
+
+func TestCapSet(t *testing.T) {
+	caps, err := capSet([]string{"net_admin", "CAP_SYS_TIME"}, []string{"NET_RAW", "mknod"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"CAP_NET_ADMIN", "CAP_SYS_TIME", "CAP_CHOWN"} {
+		if !slices.Contains(caps, want) {
+			t.Errorf("caps %v lack %s", caps, want)
+		}
+	}
+	for _, gone := range []string{"CAP_NET_RAW", "CAP_MKNOD", "CAP_SYS_ADMIN"} {
+		if slices.Contains(caps, gone) {
+			t.Errorf("caps %v include %s", caps, gone)
+		}
+	}
+	if caps, _ := capSet(nil, []string{"ALL"}); len(caps) != 0 {
+		t.Errorf("--cap-drop ALL left %v", caps)
+	}
+	if caps, _ := capSet([]string{"ALL"}, nil); !slices.Contains(caps, "CAP_SYS_ADMIN") {
+		t.Errorf("--cap-add ALL: %v", caps)
+	}
+	if _, err := capSet([]string{"FLY"}, nil); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("unknown capability: %v", err)
 	}
 }

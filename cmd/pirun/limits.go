@@ -8,14 +8,17 @@ import (
 
 // limitFlags are the resource limits of run and spawn.
 type limitFlags struct {
-	memory, cpus string
-	pids         int64
+	memory, cpus    string
+	pids            int64
+	capAdd, capDrop []string
 }
 
 func (l *limitFlags) flags(cmd *cobra.Command) {
 	cmd.Flags().StringVarP(&l.memory, "memory", "m", "", "memory limit per container, e.g. 8m or 1g (at least 6m)")
 	cmd.Flags().StringVar(&l.cpus, "cpus", "", "CPU time per container, in CPUs, e.g. 0.5")
 	cmd.Flags().Int64Var(&l.pids, "pids-limit", 0, "most processes and threads per container")
+	cmd.Flags().StringSliceVar(&l.capAdd, "cap-add", nil, "add capabilities to the default set (e.g. NET_ADMIN, or ALL)")
+	cmd.Flags().StringSliceVar(&l.capDrop, "cap-drop", nil, "drop capabilities from the default set (e.g. NET_RAW, or ALL)")
 }
 
 func (l *limitFlags) apply(cfg *runtime.Config) error {
@@ -31,5 +34,6 @@ func (l *limitFlags) apply(cfg *runtime.Config) error {
 		}
 	}
 	cfg.Resources.PidsLimit = l.pids
+	cfg.CapAdd, cfg.CapDrop = l.capAdd, l.capDrop
 	return nil
 }
