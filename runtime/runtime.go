@@ -148,6 +148,8 @@ type Config struct {
 	// CapAdd and CapDrop change Docker's default capability set ("NET_ADMIN",
 	// "CAP_NET_RAW", "ALL"). Default: the set unchanged.
 	CapAdd, CapDrop []string
+	// Devices are host device nodes made available in the containers.
+	Devices []Device
 }
 
 func (c *Config) validate() error {
@@ -200,7 +202,7 @@ func (r *Runtime) prepare(ctx context.Context, cfg Config) (*group, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmpl, err := newTemplate(img, lowerdirs(m), cfg.Cmd, cfg.Env, cfg.Resources, caps)
+	tmpl, err := newTemplate(img, lowerdirs(m), cfg.Cmd, cfg.Env, cfg.Resources, caps, cfg.Devices)
 	if err != nil {
 		return nil, err
 	}

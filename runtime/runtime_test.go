@@ -579,3 +579,31 @@ cat /proc/self/status | busybox grep -E '^(CapEff|CapBnd|NoNewPrivs)'
 		t.Errorf("no CapEff/CapBnd lines:\n%s", got)
 	}
 }
+
+// --device makes a host device node usable in the container, and only it.
+func TestDevice(t *testing.T) {
+	rt := newRuntime(t)
+	ctx := context.Background()
+	var out bytes.Buffer
+	c, code, err := rt.Run(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone,
+		Devices: []runtime.Device{{Host: "/dev/zero", Container: "/dev/myzero"}},
+		Cmd:     []string{"sh", "-c", "busybox head -c 3 /dev/myzero | busybox od -An -tx1"}},
+		runtime.Stdio{Stdout: &out, Stderr: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Remove(ctx, []string{c.ID}, true)
+	if code != 0 || strings.TrimSpace(out.String()) != "00 00 00" {
+		t.Errorf("reading /dev/myzero: exit %d, %q", code, out.String())
+	}
+	_, err = rt.Start(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone,
+		Devices: []runtime.Device{{Host: "/etc/hostname", Container: "/dev/x"}}})
+	if !errors.Is(err, runtime.ErrInvalidConfig) {
+		t.Errorf("a regular file as a device: %v, want ErrInvalidConfig", err)
+	}
+	for in, ok := range map[string]bool{"/dev/gpiomem": true, "/dev/zero:/dev/z": true, "dev/zero": false, "/dev/zero:/etc/z": false, "/dev/zero:/dev/../etc": false} {
+		if _, err := runtime.ParseDevice(in); (err == nil) != ok {
+			t.Errorf("ParseDevice(%q) = %v, want ok=%v", in, err, ok)
+		}
+	}
+}

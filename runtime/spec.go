@@ -84,7 +84,7 @@ func specFor(args, env []string, cwd string) *specs.Spec {
 
 // newTemplate works out the container configuration shared by every
 // replica of img run with cmd (empty: the image's entrypoint and command).
-func newTemplate(img *image.Image, lowerdirs []string, cmd []string, extraEnv []string, res Resources, caps []string) (*template, error) {
+func newTemplate(img *image.Image, lowerdirs []string, cmd []string, extraEnv []string, res Resources, caps []string, devs []Device) (*template, error) {
 	args := append(append([]string{}, img.Config.Entrypoint...), img.Config.Cmd...)
 	if len(cmd) > 0 {
 		args = append(append([]string{}, img.Config.Entrypoint...), cmd...)
@@ -104,6 +104,9 @@ func newTemplate(img *image.Image, lowerdirs []string, cmd []string, extraEnv []
 	spec := specFor(args, env, cwd)
 	spec.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps}
 	spec.Linux.Resources = res.spec()
+	if spec.Linux.Devices, spec.Linux.Resources.Devices, err = specDevices(devs); err != nil {
+		return nil, err
+	}
 	spec.Linux.CgroupsPath = "/pirun/template"
 	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
 		CgroupName: "template",

@@ -11,6 +11,7 @@ type limitFlags struct {
 	memory, cpus    string
 	pids            int64
 	capAdd, capDrop []string
+	devices         []string
 }
 
 func (l *limitFlags) flags(cmd *cobra.Command) {
@@ -19,6 +20,7 @@ func (l *limitFlags) flags(cmd *cobra.Command) {
 	cmd.Flags().Int64Var(&l.pids, "pids-limit", 0, "most processes and threads per container")
 	cmd.Flags().StringSliceVar(&l.capAdd, "cap-add", nil, "add capabilities to the default set (e.g. NET_ADMIN, or ALL)")
 	cmd.Flags().StringSliceVar(&l.capDrop, "cap-drop", nil, "drop capabilities from the default set (e.g. NET_RAW, or ALL)")
+	cmd.Flags().StringArrayVar(&l.devices, "device", nil, "make a host device available, HOST[:CONTAINER] (e.g. /dev/gpiomem)")
 }
 
 func (l *limitFlags) apply(cfg *runtime.Config) error {
@@ -35,5 +37,12 @@ func (l *limitFlags) apply(cfg *runtime.Config) error {
 	}
 	cfg.Resources.PidsLimit = l.pids
 	cfg.CapAdd, cfg.CapDrop = l.capAdd, l.capDrop
+	for _, s := range l.devices {
+		d, err := runtime.ParseDevice(s)
+		if err != nil {
+			return err
+		}
+		cfg.Devices = append(cfg.Devices, d)
+	}
 	return nil
 }
