@@ -1,8 +1,8 @@
 package runtime
 
 import (
-	"io/fs"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 	"strings"
 
