@@ -78,22 +78,92 @@ func (d *Docker) Setup(ctx context.Context) (err error) {
 	if _, err := lookPath("containerd"); err != nil {
 		return err
 	}
+	// Every run starts from an empty data root and exec root: a daemon
+	// restarted on the previous run's data root (or on one an interrupted
+	// invocation left) brings back its containers, names and network
+	// endpoints. docker and docker-tuned share the directories, so the
+	// wipe also keeps the two apart. A containerd or shim still running
+	// from such a run is killed first.
+	if d.daemon != nil {
+		return errors.New("dockerd of the previous run still running")
+	}
+	if n := killUnder(d.Run); n > 0 {
+		time.Sleep(time.Second)
+	}
+	if err := errors.Join(removeDir(d.Dir), removeDir(d.Run)); err != nil {
+		return fmt.Errorf("clean data root: %w", err)
+	}
 	if err := d.startDaemon(ctx); err != nil {
 		return err
 	}
-	if _, err := d.cli(ctx, "image", "inspect", d.Image); err != nil {
-		if _, err := d.cli(ctx, "load", "-q", "-i", d.Archive); err != nil {
-			return err
-		}
+	if ids, err := d.containers(ctx); err != nil || len(ids) > 0 {
+		return fmt.Errorf("fresh dockerd lists %d containers (%v)", len(ids), err)
 	}
-	if _, err := d.cli(ctx, "network", "inspect", benchNetwork); err != nil {
-		if _, err := d.cli(ctx, "network", "create", "--driver", "bridge",
-			"--subnet", d.Net.String(), "-o", "com.docker.network.bridge.name="+d.BridgeName,
-			"--label", benchLabel, benchNetwork); err != nil {
-			return err
-		}
+	if _, err := d.cli(ctx, "load", "-q", "-i", d.Archive); err != nil {
+		return err
+	}
+	if _, err := d.cli(ctx, "network", "create", "--driver", "bridge",
+		"--subnet", d.Net.String(), "-o", "com.docker.network.bridge.name="+d.BridgeName,
+		"--label", benchLabel, benchNetwork); err != nil {
+		return err
 	}
 	return nil
+}
+
+// containers lists every container of the daemon, not only the labelled
+// ones: the daemon is the harness's own.
+func (d *Docker) containers(ctx context.Context) ([]string, error) {
+	out, err := d.cli(ctx, "ps", "-aq", "--no-trunc")
+	return lines(out), err
+}
+
+// removeAll removes every container, listing again after each round:
+// `docker rm -f` of a batch fails as a whole when one of its containers
+// fails, and a container may still be going away. Bounded: 10 rounds.
+func (d *Docker) removeAll(ctx context.Context) error {
+	var last error
+	for round := 0; round < 10; round++ {
+		ids, err := d.containers(ctx)
+		if err != nil {
+			return err
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		last = fmt.Errorf("%d containers left: %w", len(ids), d.Remove(ctx, ids))
+		select {
+		case <-ctx.Done():
+			return errors.Join(last, ctx.Err())
+		case <-time.After(time.Duration(round) * 500 * time.Millisecond):
+		}
+	}
+	return last
+}
+
+// removeNetwork removes the bench network. dockerd 20.10 may refuse with
+// "has active endpoints" when endpoints outlived their containers: those
+// are disconnected by force and the removal retried (bounded).
+func (d *Docker) removeNetwork(ctx context.Context) error {
+	var err error
+	for try := 0; try < 5; try++ {
+		if _, ierr := d.cli(ctx, "network", "inspect", benchNetwork); ierr != nil {
+			return nil // gone
+		}
+		if _, err = d.cli(ctx, "network", "rm", benchNetwork); err == nil {
+			return nil
+		}
+		out, _ := d.cli(ctx, "network", "inspect", "-f",
+			"{{range $id, $c := .Containers}}{{$c.Name}}\n{{end}}", benchNetwork)
+		for _, ep := range lines(out) {
+			_, _ = d.cli(ctx, "network", "disconnect", "-f", benchNetwork, ep)
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(time.Duration(try+1) * 500 * time.Millisecond):
+		}
+	}
+	return err
 }
 
 func (d *Docker) startDaemon(ctx context.Context) error {
@@ -181,20 +251,19 @@ func (d *Docker) Count(ctx context.Context) (int, error) {
 	return len(lines(out)), err
 }
 
-// Teardown removes what containers remain, the network, and stops the
-// daemon (SIGTERM, which also stops its containerd; SIGKILL after 60s).
+// Teardown removes what containers remain (all of them, until none is
+// listed), the network, stops the daemon (SIGTERM, which also stops its
+// containerd; SIGKILL after 60s) and removes its data and exec roots.
 func (d *Docker) Teardown(ctx context.Context) error {
 	if d.daemon == nil {
 		return nil
 	}
 	var errs []error
-	if out, err := d.cli(ctx, "ps", "-aq", "--filter", "label="+benchLabel); err == nil && out != "" {
-		errs = append(errs, d.Remove(ctx, lines(out)))
+	if err := d.removeAll(ctx); err != nil {
+		errs = append(errs, err)
 	}
-	if _, err := d.cli(ctx, "network", "inspect", benchNetwork); err == nil {
-		if _, err := d.cli(ctx, "network", "rm", benchNetwork); err != nil {
-			errs = append(errs, err)
-		}
+	if err := d.removeNetwork(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	d.daemon.Process.Signal(syscall.SIGTERM)
 	select {
@@ -208,6 +277,11 @@ func (d *Docker) Teardown(ctx context.Context) error {
 	// A containerd or shim that outlived its daemon is killed, and counted.
 	if n := killUnder(d.Run); n > 0 {
 		errs = append(errs, fmt.Errorf("killed %d processes of dockerd's exec root left after it stopped", n))
+		time.Sleep(time.Second)
+	}
+	// Nothing of the run stays for the next one (Setup wipes again).
+	if err := errors.Join(removeDir(d.Dir), removeDir(d.Run)); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
