@@ -339,3 +339,37 @@ func TestCLIStats(t *testing.T) {
 	}
 	c.fails("nobody-home", "stats", "--no-stream", "nobody-home")
 }
+
+// Concurrent pirun processes share the state: four spawns at once give
+// distinct names and addresses, and every record stays readable.
+func TestCLIConcurrentSpawns(t *testing.T) {
+	c := newCLI(t)
+	const procs, each = 4, 25
+	errs := make(chan error, procs)
+	for range procs {
+		go func() {
+			cmd := c.cmd("spawn", "-q", "-n", fmt.Sprint(each), "--name", "many", "rpi-busybox-httpd")
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				err = fmt.Errorf("%w: %s", err, out)
+			}
+			errs <- err
+		}()
+	}
+	for range procs {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	ps := c.ps("-a")
+	names, ips := map[string]bool{}, map[string]bool{}
+	for _, p := range ps {
+		if p.Status != "running" || names[p.Name] || ips[p.IP] {
+			t.Errorf("container %s: status %s, ip %s (duplicate name or address?)", p.Name, p.Status, p.IP)
+		}
+		names[p.Name], ips[p.IP] = true, true
+	}
+	if len(ps) != procs*each {
+		t.Errorf("%d containers, want %d", len(ps), procs*each)
+	}
+}
