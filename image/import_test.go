@@ -22,19 +22,13 @@ import (
 	"github.com/pirun/pirun/internal/testutil"
 )
 
-// defaultArchive builds the default image (busybox httpd) as an OCI archive
-// in a temp dir, skipping t if busybox-static is missing.
+// defaultArchive is the default image (busybox httpd) as an OCI archive,
+// and what was built into it.
 func defaultArchive(t *testing.T) (string, imagebuild.Image) {
 	t.Helper()
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("skipping: /bin/busybox is missing (apt-get install busybox-static)")
-	}
+	p := testutil.DefaultImageArchive(t)
 	img, err := imagebuild.BusyboxHTTPD("/bin/busybox", imagebuild.DefaultName)
 	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), "rpi-busybox-httpd.tar")
-	if err := imagebuild.WriteArchive(context.Background(), p, img); err != nil {
 		t.Fatal(err)
 	}
 	return p, img

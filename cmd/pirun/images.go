@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"text/tabwriter"
 
@@ -29,23 +28,8 @@ func newImagesCmd(g *globals) *cobra.Command {
 				return err
 			}
 			w := cmd.OutOrStdout()
-			if out.format == "json" {
-				if imgs == nil {
-					imgs = []image.Image{}
-				}
-				return json.NewEncoder(w).Encode(imgs)
-			}
-			if out.quiet || out.tmpl != nil {
-				for _, img := range imgs {
-					if out.tmpl != nil {
-						if err := out.tmpl.Execute(w, img); err != nil {
-							return fmt.Errorf("--format: %w", err)
-						}
-						continue
-					}
-					fmt.Fprintln(w, img.Name)
-				}
-				return nil
+			if done, err := printScripted(w, imgs, out, func(img image.Image) string { return img.Name }); done {
+				return err
 			}
 			tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tDIGEST\tSIZE\tCREATED")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -48,24 +47,8 @@ func newPsCmd(g *globals) *cobra.Command {
 }
 
 func printContainers(w io.Writer, cs []*runtime.Container, out output) error {
-	switch {
-	case out.format == "json":
-		if cs == nil {
-			cs = []*runtime.Container{}
-		}
-		return json.NewEncoder(w).Encode(cs)
-	case out.quiet:
-		for _, c := range cs {
-			fmt.Fprintln(w, c.ShortID())
-		}
-		return nil
-	case out.tmpl != nil:
-		for _, c := range cs {
-			if err := out.tmpl.Execute(w, c); err != nil {
-				return fmt.Errorf("--format: %w", err)
-			}
-		}
-		return nil
+	if done, err := printScripted(w, cs, out, (*runtime.Container).ShortID); done {
+		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "CONTAINER ID\tNAME\tIMAGE\tSTATUS\tPID\tIP\tCREATED")

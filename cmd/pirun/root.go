@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -105,4 +106,30 @@ func (o *output) check() error {
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// printScripted prints items for scripts: a JSON array, one key per line
+// (-q), or a Go template per item. It reports false when the format is
+// the table, which the caller prints.
+func printScripted[T any](w io.Writer, items []T, out output, key func(T) string) (bool, error) {
+	switch {
+	case out.format == "json":
+		if items == nil {
+			items = []T{}
+		}
+		return true, json.NewEncoder(w).Encode(items)
+	case out.quiet:
+		for _, it := range items {
+			fmt.Fprintln(w, key(it))
+		}
+		return true, nil
+	case out.tmpl != nil:
+		for _, it := range items {
+			if err := out.tmpl.Execute(w, it); err != nil {
+				return true, fmt.Errorf("--format: %w", err)
+			}
+		}
+		return true, nil
+	}
+	return false, nil
 }

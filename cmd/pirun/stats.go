@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -92,21 +91,8 @@ func printStats(w io.Writer, prev, cur []runtime.Stats, out output) error {
 		}
 		rows = append(rows, r)
 	}
-	switch {
-	case out.format == "json":
-		return json.NewEncoder(w).Encode(rows)
-	case out.quiet:
-		for _, r := range rows {
-			fmt.Fprintln(w, r.ID[:12])
-		}
-		return nil
-	case out.tmpl != nil:
-		for _, r := range rows {
-			if err := out.tmpl.Execute(w, r); err != nil {
-				return fmt.Errorf("--format: %w", err)
-			}
-		}
-		return nil
+	if done, err := printScripted(w, rows, out, func(r row) string { return r.ID[:12] }); done {
+		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "CONTAINER ID\tNAME\tCPU %\tMEM USAGE / LIMIT\tPIDS")
