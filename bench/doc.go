@@ -6,7 +6,7 @@
 //
 //   - The Go benchmarks of this package (BenchmarkSpawn, BenchmarkRunTrue)
 //     measure pirun alone through its public API:
-//     go test -tags containers_image_openpgp -run '^$' -bench . ./bench/
+//     go test -tags containers_image_openpgp,runc_nocriu -run '^$' -bench . ./bench/
 //     They run as root in the host's network namespace, on a state
 //     directory and a bridge of their own (pirun-bench, 10.126.0.0/16).
 //
