@@ -20,6 +20,7 @@ type launch struct {
 	id       string
 	hostname string
 	rootfs   string      // mount point; empty on the host
+	cgroup   string      // cgroup path, e.g. /pirun/<id>
 	mount    image.Mount // the image's read-only overlay
 	tmpl     *template
 	// wire sets up the container's network inside the namespace at nsPath.
@@ -68,7 +69,7 @@ func (l *launch) startLocked(runcRoot string) (_ *libcontainer.Process, err erro
 		return nil, err
 	}
 	t1 := time.Now()
-	ct, err := libcontainer.Create(runcRoot, l.id, l.tmpl.configFor(l.id, l.hostname, l.rootfs, nsPath))
+	ct, err := libcontainer.Create(runcRoot, l.id, l.tmpl.configFor(l.cgroup, l.hostname, l.rootfs, nsPath))
 	if err != nil {
 		return nil, fmt.Errorf("create container: %w", err)
 	}

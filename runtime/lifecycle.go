@@ -204,9 +204,19 @@ func (r *Runtime) removeIDs(ctx context.Context, ids []string, force bool) error
 			return errors.Join(append(errs, err)...)
 		}
 	}
-	// Last, the records and names.
+	// Last, the records and names, then the group cgroups left empty.
+	groups := map[string]bool{}
 	for _, c := range torn {
 		if err := r.forget(c); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if c.CgroupGroup != "" {
+			groups[c.CgroupGroup] = true
+		}
+	}
+	if len(groups) > 0 {
+		if err := r.releaseGroupCgroups(groups); err != nil {
 			errs = append(errs, err)
 		}
 	}

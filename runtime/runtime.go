@@ -143,8 +143,13 @@ type Config struct {
 	Env []string
 	// Network is NetworkBridge (default) or NetworkNone.
 	Network string
-	// Resources limit each container (default: none).
+	// Resources limit each container (default: none), or with Cgroup =
+	// CgroupGroup the whole spawn group together.
 	Resources Resources
+	// Cgroup is CgroupContainer (default: limits apply to each container)
+	// or CgroupGroup (the containers of one Spawn share one group cgroup
+	// that carries the limits for all of them together).
+	Cgroup string
 	// CapAdd and CapDrop change Docker's default capability set ("NET_ADMIN",
 	// "CAP_NET_RAW", "ALL"). Default: the set unchanged.
 	CapAdd, CapDrop []string
@@ -172,6 +177,13 @@ func (c *Config) validate() error {
 	}
 	if c.Image == "" {
 		return fmt.Errorf("image: %w: empty", ErrInvalidConfig)
+	}
+	switch c.Cgroup {
+	case "":
+		c.Cgroup = CgroupContainer
+	case CgroupContainer, CgroupGroup:
+	default:
+		return fmt.Errorf("cgroup mode %q: %w: use %q or %q", c.Cgroup, ErrInvalidConfig, CgroupContainer, CgroupGroup)
 	}
 	return c.Resources.validate()
 }
@@ -202,7 +214,11 @@ func (r *Runtime) prepare(ctx context.Context, cfg Config) (*group, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmpl, err := newTemplate(img, lowerdirs(m), cfg.Cmd, cfg.Env, cfg.Resources, caps, cfg.Devices)
+	res := cfg.Resources
+	if cfg.Cgroup == CgroupGroup {
+		res = Resources{} // the group's cgroup carries the limits
+	}
+	tmpl, err := newTemplate(img, lowerdirs(m), cfg.Cmd, cfg.Env, res, caps, cfg.Devices)
 	if err != nil {
 		return nil, err
 	}
@@ -350,15 +366,27 @@ func (r *Runtime) spawn(ctx context.Context, cfg Config, n int, exact bool, stdi
 	}
 	next := 1
 	now := time.Now().UTC()
+	var groupCg string
+	if cfg.Cgroup == CgroupGroup {
+		gid, err := newID()
+		if err != nil {
+			return nil, err
+		}
+		groupCg = groupCgroupPath(gid)
+	}
 	for i := range cs {
 		id, err := newID()
 		if err != nil {
 			return nil, err
 		}
+		cgPath := cgroupPath(id)
+		if groupCg != "" {
+			cgPath = groupCg + "/" + id
+		}
 		c := &started{Container: Container{
 			ID: id, Image: g.img.Name, ImageDigest: g.img.Digest.String(),
 			Command: g.tmpl.args, Created: now, Network: cfg.Network,
-			CgroupPath: cgroupPath(id), Phase: phaseCreating, Resources: cfg.Resources,
+			CgroupPath: cgPath, CgroupGroup: groupCg, Phase: phaseCreating, Resources: cfg.Resources,
 			LogPath:   filepath.Join(r.st.containerDir(id), "log"),
 			RootfsDir: filepath.Join(r.st.containerDir(id), "rootfs"),
 		}}
@@ -411,6 +439,14 @@ func (r *Runtime) spawn(ctx context.Context, cfg Config, n int, exact bool, stdi
 			if err := r.st.write(&c.Container); err != nil {
 				return nil, err
 			}
+		}
+	}
+
+	// The records name the group's cgroup, so rm removes it whatever
+	// happens from here on.
+	if groupCg != "" {
+		if err := createGroupCgroup(groupCg, cfg.Resources); err != nil {
+			return nil, err
 		}
 	}
 
@@ -518,7 +554,7 @@ func (r *Runtime) startOne(ctx context.Context, g *group, c *started, stdio *Std
 		return fmt.Errorf("container %s: removed while being created", c.Name)
 	}
 	l := &launch{
-		id: c.ID, hostname: c.Name, rootfs: c.RootfsDir, mount: g.mount, tmpl: g.tmpl, log: r.log,
+		id: c.ID, hostname: c.Name, rootfs: c.RootfsDir, cgroup: c.CgroupPath, mount: g.mount, tmpl: g.tmpl, log: r.log,
 		wire: func(nsPath string) error {
 			if c.Endpoint != nil {
 				return g.net.Attach(ctx, *c.Endpoint, nsPath)

@@ -607,3 +607,61 @@ func TestDevice(t *testing.T) {
 		}
 	}
 }
+
+// With Cgroup = CgroupGroup the limits sit on one cgroup for the whole
+// spawn group; each container has a child cgroup of it, without limits of
+// its own. The group's cgroup goes with its last container.
+func TestGroupCgroup(t *testing.T) {
+	rt := newRuntime(t)
+	ctx := context.Background()
+	res := runtime.Resources{Memory: 16 << 20, CPUs: 0.5, PidsLimit: 30}
+	cs, err := rt.Spawn(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Name: "grp", Resources: res, Cgroup: runtime.CgroupGroup}, 3, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	group := cs[0].CgroupGroup
+	if !strings.HasPrefix(group, "/pirun/g-") {
+		t.Fatalf("group cgroup %q, want /pirun/g-…", group)
+	}
+	for _, c := range cs {
+		if c.CgroupGroup != group || c.CgroupPath != group+"/"+c.ID {
+			t.Errorf("%s: cgroup %s in group %s, want %s/%s", c.Name, c.CgroupPath, c.CgroupGroup, group, c.ID)
+		}
+		if got := cgroupValue(t, c.Pid, "memory", "../memory.limit_in_bytes", "../memory.max"); got != "16777216" {
+			t.Errorf("%s: group memory limit %s, want 16777216", c.Name, got)
+		}
+		if got := cgroupValue(t, c.Pid, "pids", "../pids.max", "../pids.max"); got != "30" {
+			t.Errorf("%s: group pids limit %s, want 30", c.Name, got)
+		}
+		if got := cgroupValue(t, c.Pid, "cpu", "../cpu.cfs_quota_us", "../cpu.max"); got != "50000" && got != "50000 100000" {
+			t.Errorf("%s: group cpu quota %s, want 50000 per 100000", c.Name, got)
+		}
+		// The container's own cgroup has no limit: the group's counts.
+		if got := cgroupValue(t, c.Pid, "pids", "pids.max", "pids.max"); got != "max" {
+			t.Errorf("%s: own pids limit %s, want max", c.Name, got)
+		}
+	}
+	groupDirs := func() []string {
+		m, _ := filepath.Glob("/sys/fs/cgroup/*" + group)
+		u, _ := filepath.Glob("/sys/fs/cgroup/unified" + group)
+		return append(m, u...)
+	}
+	if len(groupDirs()) == 0 {
+		t.Fatalf("no directory for group cgroup %s", group)
+	}
+	if err := rt.Remove(ctx, []string{cs[0].ID}, true); err != nil {
+		t.Fatal(err)
+	}
+	if len(groupDirs()) == 0 {
+		t.Errorf("group cgroup %s removed while two of its containers run", group)
+	}
+	if err := rt.Remove(ctx, []string{cs[1].ID, cs[2].ID}, true); err != nil {
+		t.Fatal(err)
+	}
+	if left := groupDirs(); len(left) > 0 {
+		t.Errorf("leak: group cgroup left in %v", left)
+	}
+	if _, err := rt.Start(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Cgroup: "pod"}); !errors.Is(err, runtime.ErrInvalidConfig) {
+		t.Errorf("cgroup mode pod: %v, want ErrInvalidConfig", err)
+	}
+}

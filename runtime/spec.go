@@ -119,12 +119,12 @@ func newTemplate(img *image.Image, lowerdirs []string, cmd []string, extraEnv []
 }
 
 // configFor copies the template and fills in what differs per container.
-func (t *template) configFor(id, hostname, rootfs, netnsPath string) *configs.Config {
+func (t *template) configFor(cgPath, hostname, rootfs, netnsPath string) *configs.Config {
 	c := *t.config
 	c.Rootfs = rootfs
 	c.Hostname = hostname
 	cg := *t.config.Cgroups
-	cg.Path = cgroupPath(id)
+	cg.Path = cgPath
 	cg.Name, cg.Parent = "", ""
 	c.Cgroups = &cg
 	c.Namespaces = make(configs.Namespaces, len(t.config.Namespaces))

@@ -60,6 +60,10 @@ type Container struct {
 	Network     string            `json:"network"`
 	Endpoint    *network.Endpoint `json:"endpoint,omitempty"`
 	CgroupPath  string            `json:"cgroup_path,omitempty"`
+	// CgroupGroup is the spawn group's cgroup that holds CgroupPath and
+	// carries the group's limits (Config.Cgroup = CgroupGroup); empty for
+	// a container with a cgroup of its own.
+	CgroupGroup string `json:"cgroup_group,omitempty"`
 	Resources   Resources         `json:"resources,omitzero"`
 
 	Phase     phase  `json:"phase"`

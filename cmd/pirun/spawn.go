@@ -86,6 +86,7 @@ PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
 	cmd.Flags().IntVar(&parallel, "parallel", 0, "containers started at once (default: 2 per CPU)")
 	cmd.Flags().StringVar(&cfg.Network, "network", runtime.NetworkBridge, "network: bridge or none")
 	cmd.Flags().StringArrayVarP(&cfg.Env, "env", "e", nil, "set an environment variable (KEY=VALUE)")
+	cmd.Flags().StringVar(&cfg.Cgroup, "cgroup", runtime.CgroupContainer, "where the limits apply: container (each) or group (one cgroup for all of this spawn)")
 	pull.flags(cmd)
 	limits.flags(cmd)
 	out.flags(cmd, "print only container ids")
