@@ -63,8 +63,8 @@ type Container struct {
 	// CgroupGroup is the spawn group's cgroup that holds CgroupPath and
 	// carries the group's limits (Config.Cgroup = CgroupGroup); empty for
 	// a container with a cgroup of its own.
-	CgroupGroup string `json:"cgroup_group,omitempty"`
-	Resources   Resources         `json:"resources,omitzero"`
+	CgroupGroup string    `json:"cgroup_group,omitempty"`
+	Resources   Resources `json:"resources,omitzero"`
 
 	Phase     phase  `json:"phase"`
 	PidStart  uint64 `json:"pid_start,omitempty"` // start time of Pid in clock ticks, guards against pid reuse
