@@ -1,0 +1,654 @@
+package network
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
+	"golang.org/x/sys/unix"
+
+	"github.com/pirun/pirun/internal/fsutil"
+)
+
+// Port publishing: see "Published ports" in doc.go.
+
+// State of the published ports, under stateDir/ports/ (shared by every
+// bridge of the state directory, since a host port is the host's):
+//
+//	lock                      flock held for every change of the ports
+//	<proto>-<ip>-<port>.json  one published host port: its DNAT chain and targets
+//	host.json                 the sysctls and rules pirun added for them
+const (
+	portsDirName   = "ports"
+	hostRecordFile = "host.json"
+)
+
+// dispatchChain is pirun's chain in the nat table that sends each
+// published host port to the port's own DNAT chain. It is jumped to for
+// packets to an address of the host: from PREROUTING (except to
+// 127.0.0.0/8, which only the host itself may use) and from OUTPUT.
+var dispatchChain = hookedChain{
+	table: "nat", name: "PIRUN-PORTS",
+	jumps: []jump{
+		{from: "PREROUTING", spec: []string{"!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "PIRUN-PORTS"}},
+		{from: "OUTPUT", spec: []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", "PIRUN-PORTS"}},
+	},
+}
+
+// portRecord is one published host port: the chain of DNAT rules that
+// spreads its connections over the targets. It is written before the
+// rules are made, so that a crash leaves a record to remove them by.
+type portRecord struct {
+	Port  PortMapping `json:"port"`
+	Chain string      `json:"chain"`
+	// Next is a chain being built to replace Chain (a rewrite that a
+	// crash may have interrupted).
+	Next    string     `json:"next,omitempty"`
+	Targets []Endpoint `json:"targets"`
+}
+
+func (b *Bridge) portsDir() string { return filepath.Join(filepath.Dir(b.dir), portsDirName) }
+
+func portFile(p PortMapping) string {
+	ip := "0.0.0.0"
+	if p.HostIP.IsValid() {
+		ip = p.HostIP.String()
+	}
+	return fmt.Sprintf("%s-%s-%d.json", p.Protocol, ip, p.HostPort)
+}
+
+func (b *Bridge) portsLock(ctx context.Context) (func(), error) {
+	if err := os.MkdirAll(b.portsDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("published ports: state directory: %w", err)
+	}
+	unlock, err := fsutil.Lock(ctx, filepath.Join(b.portsDir(), lockFile))
+	if err != nil {
+		return nil, fmt.Errorf("published ports: lock: %w", err)
+	}
+	return unlock, nil
+}
+
+// readPortRecords reads every published port. Call it under the lock.
+func (b *Bridge) readPortRecords() ([]*portRecord, error) {
+	ents, err := os.ReadDir(b.portsDir())
+	if err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("published ports: %w", err)
+	}
+	var recs []*portRecord
+	for _, e := range ents {
+		n := e.Name()
+		if n == hostRecordFile || !strings.HasSuffix(n, ".json") || strings.HasPrefix(n, ".") {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(b.portsDir(), n))
+		if err != nil {
+			return nil, fmt.Errorf("published ports: %w", err)
+		}
+		var r portRecord
+		if err := json.Unmarshal(data, &r); err != nil {
+			return nil, fmt.Errorf("published ports: %s is corrupt: %w", n, err)
+		}
+		recs = append(recs, &r)
+	}
+	return recs, nil
+}
+
+func (b *Bridge) writePortRecord(r *portRecord) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := fsutil.WriteFileAtomic(filepath.Join(b.portsDir(), portFile(r.Port)), data, 0o600); err != nil {
+		return fmt.Errorf("port %s: record: %w", r.Port.HostAddr(), err)
+	}
+	return nil
+}
+
+func (b *Bridge) removePortFile(r *portRecord) error {
+	err := os.Remove(filepath.Join(b.portsDir(), portFile(r.Port)))
+	if err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("port %s: remove record: %w", r.Port.HostAddr(), err)
+	}
+	return nil
+}
+
+// newChainName names a port's DNAT chain: PIRUN-TCP8080-3f6d1c. The random
+// part tells apart two generations of the same port's chain, and the
+// chains of one port published on two host addresses.
+func newChainName(p PortMapping) string {
+	var r [3]byte
+	rand.Read(r[:])
+	return fmt.Sprintf("PIRUN-%s%d-%s", strings.ToUpper(p.Protocol), p.HostPort, hex.EncodeToString(r[:]))
+}
+
+// dispatchSpec is the rule of PIRUN-PORTS that sends p to chain.
+func dispatchSpec(p PortMapping, chain string) []string {
+	var s []string
+	if p.HostIP.IsValid() {
+		s = append(s, "-d", p.HostIP.String()+"/32")
+	}
+	return append(s, "-p", p.Protocol, "-m", p.Protocol, "--dport", strconv.Itoa(int(p.HostPort)), "-j", chain)
+}
+
+// dnatSpecs are the rules of a port's chain. Rule i of n matches every
+// (n-i)th new connection that reaches it, the last one every connection:
+// the connections are spread over the targets exactly in turn (iptables'
+// statistic match, nftables' numgen). Only the first packet of a
+// connection passes the nat table, so the counters count connections.
+func dnatSpecs(p PortMapping, targets []Endpoint) [][]string {
+	n := len(targets)
+	specs := make([][]string, n)
+	for i, t := range targets {
+		s := []string{"-p", p.Protocol}
+		if i < n-1 {
+			s = append(s, "-m", "statistic", "--mode", "nth", "--every", strconv.Itoa(n-i), "--packet", "0")
+		}
+		to := netip.AddrPortFrom(t.Address.Addr(), p.ContainerPort).String()
+		specs[i] = append(s, "-j", "DNAT", "--to-destination", to)
+	}
+	return specs
+}
+
+// CheckPorts reports whether the host ports are free to publish: not
+// published by pirun (this state directory's records, or another's rules
+// in PIRUN-PORTS) and not taken by a socket of the host (a bind test).
+// Publish checks again, under the lock; call CheckPorts before starting
+// anything, to refuse early.
+func (b *Bridge) CheckPorts(ctx context.Context, ports []PortMapping) error {
+	if err := CheckPortMappings(ports); err != nil {
+		return err
+	}
+	if len(ports) == 0 {
+		return nil
+	}
+	unlock, err := b.portsLock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	recs, err := b.readPortRecords()
+	if err != nil {
+		return err
+	}
+	return b.checkPortsFree(recs, ports)
+}
+
+// checkPortsFree is CheckPorts under the lock.
+func (b *Bridge) checkPortsFree(recs []*portRecord, ports []PortMapping) error {
+	ours := map[string]bool{}
+	for _, p := range ports {
+		for _, r := range recs {
+			ours[r.Chain], ours[r.Next] = true, true
+			if p.overlaps(r.Port) {
+				first := ""
+				if len(r.Targets) > 0 {
+					first = fmt.Sprintf(", the first %.12s", r.Targets[0].ContainerID)
+				}
+				return fmt.Errorf("port %s: %w: published by pirun as %s to %d containers%s", p.HostAddr(), ErrPortInUse, r.Port.HostAddr(), len(r.Targets), first)
+			}
+		}
+	}
+	return b.inHost(func() error {
+		for _, p := range ports {
+			if err := bindTest(p); err != nil {
+				return err
+			}
+		}
+		ipt, err := b.iptablesHandle()
+		if err != nil {
+			return err
+		}
+		ok, err := ipt.ChainExists(dispatchChain.table, dispatchChain.name)
+		if err != nil || !ok {
+			return err
+		}
+		rules, err := ipt.List(dispatchChain.table, dispatchChain.name)
+		if err != nil {
+			return fmt.Errorf("list chain %s: %w", dispatchChain.name, err)
+		}
+		for _, rule := range rules {
+			q, chain, ok := parseDispatch(rule)
+			if !ok || ours[chain] {
+				continue
+			}
+			for _, p := range ports {
+				if p.overlaps(q) {
+					return fmt.Errorf("port %s: %w: published by another pirun state directory as %s (chain %s)", p.HostAddr(), ErrPortInUse, q.HostAddr(), chain)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// bindTest binds a socket to the port, as a server would: it fails if a
+// socket of the host listens on the port (TCP) or is bound to it (UDP).
+// Call it in the host's network namespace.
+func bindTest(p PortMapping) error {
+	typ := unix.SOCK_STREAM
+	if p.Protocol == ProtocolUDP {
+		typ = unix.SOCK_DGRAM
+	}
+	fd, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("port %s: test socket: %w", p.HostAddr(), err)
+	}
+	defer unix.Close(fd)
+	if typ == unix.SOCK_STREAM {
+		// Connections in TIME_WAIT do not make a port busy.
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return fmt.Errorf("port %s: test socket: %w", p.HostAddr(), err)
+		}
+	}
+	sa := &unix.SockaddrInet4{Port: int(p.HostPort)}
+	if p.HostIP.IsValid() {
+		sa.Addr = p.HostIP.As4()
+	}
+	switch err := unix.Bind(fd, sa); {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EADDRINUSE):
+		return fmt.Errorf("port %s: %w: a socket of the host is bound to it", p.HostAddr(), ErrPortInUse)
+	case errors.Is(err, unix.EADDRNOTAVAIL):
+		return fmt.Errorf("port %s: %s is not an address of this host: %w", p.HostAddr(), p.HostIP, ErrInvalidConfig)
+	default:
+		return fmt.Errorf("port %s: test bind: %w", p.HostAddr(), err)
+	}
+}
+
+// parseDispatch reads a rule of PIRUN-PORTS as iptables -S prints it.
+func parseDispatch(rule string) (p PortMapping, chain string, ok bool) {
+	f := strings.Fields(rule)
+	for i := 0; i+1 < len(f); i++ {
+		switch f[i] {
+		case "-d":
+			pre, err := netip.ParsePrefix(f[i+1])
+			if err != nil {
+				return p, "", false
+			}
+			p.HostIP = pre.Addr()
+		case "-p":
+			p.Protocol = f[i+1]
+		case "--dport":
+			v, err := strconv.ParseUint(f[i+1], 10, 16)
+			if err != nil {
+				return p, "", false
+			}
+			p.HostPort = uint16(v)
+		case "-j":
+			chain = f[i+1]
+		}
+	}
+	return p, chain, p.HostPort != 0 && p.Protocol != "" && chain != ""
+}
+
+// Publish publishes each port on the host and spreads the connections to
+// it over the endpoints eps, in the kernel: one DNAT chain per host port,
+// whose rules take the endpoints in turn (see dnatSpecs). It holds the
+// ports' lock throughout and refuses, changing nothing, a host port that
+// is in use (ErrPortInUse, see CheckPorts). The endpoints may belong to any
+// bridge of the state directory. On failure it removes what it added.
+//
+// What the host needs for the ports is set up first, and the ports are
+// switched on last: for a port reachable at 127.0.0.1, route_localnet on
+// the endpoints' bridges and a MASQUERADE of 127.0.0.0/8 sources; for a
+// port reachable from the containers (hairpin), forwarding on the bridges,
+// hairpin mode on the endpoints' bridge ports and a MASQUERADE of the
+// subnet's DNATed connections. See doc.go.
+func (b *Bridge) Publish(ctx context.Context, ports []PortMapping, eps []Endpoint) (err error) {
+	if len(ports) == 0 {
+		return nil
+	}
+	if err := CheckPortMappings(ports); err != nil {
+		return err
+	}
+	if len(eps) == 0 {
+		return fmt.Errorf("publish %s: no containers: %w", ports[0].HostAddr(), ErrInvalidConfig)
+	}
+	for _, ep := range eps {
+		if !ep.Address.Addr().Is4() || ep.Network == "" || ep.HostIf == "" || ep.ContainerID == "" {
+			return fmt.Errorf("publish: container %q: incomplete endpoint %+v: %w", ep.ContainerID, ep, ErrInvalidConfig)
+		}
+	}
+	unlock, err := b.portsLock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	recs, err := b.readPortRecords()
+	if err != nil {
+		return err
+	}
+	if err := b.checkPortsFree(recs, ports); err != nil {
+		return err
+	}
+
+	var added []*portRecord
+	defer func() {
+		if err != nil {
+			// Ctrl-C must not leak: the undo does not look at ctx.
+			for _, r := range added {
+				err = errors.Join(err, b.unpublishPort(r))
+			}
+			err = errors.Join(err, b.reconcileHost(recs))
+		}
+	}()
+	for _, p := range ports {
+		r := &portRecord{Port: p, Chain: newChainName(p), Targets: eps}
+		if err := b.writePortRecord(r); err != nil {
+			return err
+		}
+		added = append(added, r)
+		if err := b.buildChain(r.Port, r.Chain, r.Targets); err != nil {
+			return err
+		}
+	}
+	for _, p := range ports {
+		if p.fromBridge() {
+			if err := b.setHairpin(eps); err != nil {
+				return err
+			}
+			break
+		}
+	}
+	if err := b.reconcileHost(append(recs, added...)); err != nil {
+		return err
+	}
+	for _, r := range added {
+		if err := b.insertDispatch(r.Port, r.Chain); err != nil {
+			return err
+		}
+		b.log.Debug("published port", "port", r.Port.HostAddr(), "container_port", r.Port.ContainerPort, "containers", len(r.Targets), "chain", r.Chain)
+	}
+	return nil
+}
+
+// Unpublish takes the containers out of every port they are published on,
+// before they stop: a port's chain is rebuilt without them under a new
+// name and swapped in for the old one (the new dispatch rule goes in
+// before the old one is deleted), so no new connection goes to them; the
+// port of the last of them is removed entirely, and with the last port
+// whatever pirun set up on the host for the ports. Containers that publish
+// nothing are fine. It is idempotent.
+func (b *Bridge) Unpublish(ctx context.Context, containerIDs []string) error {
+	if len(containerIDs) == 0 {
+		return nil
+	}
+	gone := make(map[string]bool, len(containerIDs))
+	for _, id := range containerIDs {
+		gone[id] = true
+	}
+	unlock, err := b.portsLock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	recs, err := b.readPortRecords()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	kept := recs[:0]
+	for _, r := range recs {
+		var rest []Endpoint
+		for _, t := range r.Targets {
+			if !gone[t.ContainerID] {
+				rest = append(rest, t)
+			}
+		}
+		switch {
+		case len(rest) == len(r.Targets) && r.Next == "":
+			kept = append(kept, r)
+		case len(rest) == 0:
+			if err := b.unpublishPort(r); err != nil {
+				errs = append(errs, err)
+				kept = append(kept, r)
+			}
+		default:
+			if err := b.rewritePort(r, rest); err != nil {
+				errs = append(errs, err)
+			}
+			kept = append(kept, r)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return b.reconcileHost(kept)
+}
+
+// rewritePort replaces r's chain with one for targets.
+func (b *Bridge) rewritePort(r *portRecord, targets []Endpoint) error {
+	if r.Next != "" {
+		// A rewrite that did not finish: start it again.
+		if err := b.removeChain(r.Port, r.Next); err != nil {
+			return err
+		}
+		r.Next = ""
+	}
+	r.Next = newChainName(r.Port)
+	if err := b.writePortRecord(r); err != nil {
+		return err
+	}
+	if err := b.buildChain(r.Port, r.Next, targets); err != nil {
+		return err
+	}
+	if err := b.insertDispatch(r.Port, r.Next); err != nil {
+		return err
+	}
+	if err := b.removeChain(r.Port, r.Chain); err != nil {
+		return err
+	}
+	b.log.Debug("rewrote published port", "port", r.Port.HostAddr(), "containers", len(targets), "chain", r.Next, "old_chain", r.Chain)
+	r.Chain, r.Next, r.Targets = r.Next, "", targets
+	return b.writePortRecord(r)
+}
+
+// unpublishPort removes r's dispatch rules and chains, then its record.
+func (b *Bridge) unpublishPort(r *portRecord) error {
+	var errs []error
+	for _, c := range []string{r.Next, r.Chain} {
+		if c != "" {
+			errs = append(errs, b.removeChain(r.Port, c))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if err := b.inHost(func() error {
+		ipt, err := b.iptablesHandle()
+		if err != nil {
+			return err
+		}
+		return removeHookedIfEmpty(ipt, dispatchChain)
+	}); err != nil {
+		return fmt.Errorf("port %s: %w", r.Port.HostAddr(), err)
+	}
+	b.log.Debug("unpublished port", "port", r.Port.HostAddr(), "chain", r.Chain)
+	return b.removePortFile(r)
+}
+
+// buildChain makes chain (afresh) with the DNAT rules for targets.
+func (b *Bridge) buildChain(p PortMapping, chain string, targets []Endpoint) error {
+	err := b.inHost(func() error {
+		ipt, err := b.iptablesHandle()
+		if err != nil {
+			return err
+		}
+		if err := ipt.ClearChain("nat", chain); err != nil {
+			return fmt.Errorf("create chain %s: %w", chain, err)
+		}
+		for _, spec := range dnatSpecs(p, targets) {
+			if err := ipt.Append("nat", chain, spec...); err != nil {
+				return fmt.Errorf("add rule %q to %s: %w", strings.Join(spec, " "), chain, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("port %s: %w", p.HostAddr(), err)
+	}
+	return nil
+}
+
+// insertDispatch switches p on: the rule of PIRUN-PORTS that jumps to
+// chain goes first, ahead of any older rule for p.
+func (b *Bridge) insertDispatch(p PortMapping, chain string) error {
+	err := b.inHost(func() error {
+		ipt, err := b.iptablesHandle()
+		if err != nil {
+			return err
+		}
+		if err := ensureHooked(ipt, dispatchChain); err != nil {
+			return err
+		}
+		spec := dispatchSpec(p, chain)
+		if err := ipt.Insert(dispatchChain.table, dispatchChain.name, 1, spec...); err != nil {
+			return fmt.Errorf("add rule %q to %s: %w", strings.Join(spec, " "), dispatchChain.name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("port %s: %w", p.HostAddr(), err)
+	}
+	return nil
+}
+
+// removeChain deletes the dispatch rule to chain, then chain. What is
+// gone is success.
+func (b *Bridge) removeChain(p PortMapping, chain string) error {
+	err := b.inHost(func() error {
+		ipt, err := b.iptablesHandle()
+		if err != nil {
+			return err
+		}
+		if ok, err := ipt.ChainExists(dispatchChain.table, dispatchChain.name); err != nil {
+			return fmt.Errorf("look up chain %s: %w", dispatchChain.name, err)
+		} else if ok {
+			spec := dispatchSpec(p, chain)
+			if err := ipt.Delete(dispatchChain.table, dispatchChain.name, spec...); err != nil && !isNotExist(err) {
+				return fmt.Errorf("delete rule %q from %s: %w", strings.Join(spec, " "), dispatchChain.name, err)
+			}
+		}
+		if err := ipt.ClearAndDeleteChain("nat", chain); err != nil && !isNotExist(err) {
+			return fmt.Errorf("delete chain %s: %w", chain, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("port %s: %w", p.HostAddr(), err)
+	}
+	return nil
+}
+
+// setHairpin turns on hairpin mode on the endpoints' bridge ports, so that
+// a container's connection to its own published port, sent back by the
+// host through the port it came in by, is delivered. The setting goes
+// with the veth.
+func (b *Bridge) setHairpin(eps []Endpoint) error {
+	for _, ep := range eps {
+		l, err := b.nl.LinkByName(ep.HostIf)
+		if err != nil {
+			return fmt.Errorf("network %s: container %q: look up %s: %w", ep.Network, ep.ContainerID, ep.HostIf, err)
+		}
+		if err := b.nl.LinkSetHairpin(l, true); err != nil {
+			return fmt.Errorf("network %s: container %q: hairpin mode on %s: %w", ep.Network, ep.ContainerID, ep.HostIf, err)
+		}
+	}
+	return nil
+}
+
+// A hookedChain is one of pirun's chains with the jumps to it from the
+// built-in chains.
+type hookedChain struct {
+	table, name string
+	jumps       []jump
+	// first keeps the jumps first in their chains (guards that must come
+	// before pirun's own ACCEPT rules in PIRUN-FORWARD).
+	first bool
+}
+
+type jump struct {
+	from string
+	spec []string
+}
+
+// ensureHooked makes sure the chain exists and is jumped to. Call it in
+// the host namespace. iptables-nft 1.8.9 answers -S on a missing chain
+// with "incompatible": chains are checked with ChainExists.
+func ensureHooked(ipt *iptables.IPTables, c hookedChain) error {
+	ok, err := ipt.ChainExists(c.table, c.name)
+	if err != nil {
+		return fmt.Errorf("look up chain %s: %w", c.name, err)
+	}
+	if !ok {
+		if err := ipt.NewChain(c.table, c.name); err != nil {
+			// Another pirun may have made it meanwhile.
+			if ok, _ := ipt.ChainExists(c.table, c.name); !ok {
+				return fmt.Errorf("create chain %s: %w", c.name, err)
+			}
+		}
+	}
+	for _, j := range c.jumps {
+		if c.first {
+			// (ListById would panic on an empty chain.)
+			rules, err := ipt.List(c.table, j.from)
+			if err != nil {
+				return fmt.Errorf("list chain %s: %w", j.from, err)
+			}
+			if len(rules) > 1 && rules[1] == "-A "+j.from+" "+strings.Join(j.spec, " ") { // rules[0] is "-P CHAIN POLICY"
+				continue
+			}
+			if err := ipt.Delete(c.table, j.from, j.spec...); err != nil && !isNotExist(err) {
+				return fmt.Errorf("move jump to %s: %w", c.name, err)
+			}
+		} else if ok, err := ipt.Exists(c.table, j.from, j.spec...); err != nil {
+			return fmt.Errorf("check jump to %s: %w", c.name, err)
+		} else if ok {
+			continue
+		}
+		if err := ipt.Insert(c.table, j.from, 1, j.spec...); err != nil {
+			return fmt.Errorf("add jump from %s to %s: %w", j.from, c.name, err)
+		}
+	}
+	return nil
+}
+
+// removeHookedIfEmpty deletes the chain and the jumps to it unless it
+// holds rules (another pirun state directory's). What is gone is success.
+func removeHookedIfEmpty(ipt *iptables.IPTables, c hookedChain) error {
+	ok, err := ipt.ChainExists(c.table, c.name)
+	if err != nil {
+		return fmt.Errorf("look up chain %s: %w", c.name, err)
+	}
+	if ok {
+		rules, err := ipt.List(c.table, c.name)
+		if err != nil {
+			return fmt.Errorf("list chain %s: %w", c.name, err)
+		}
+		if len(rules) > 1 { // "-N CHAIN" and rules
+			return nil
+		}
+	}
+	var errs []error
+	for _, j := range c.jumps {
+		if err := ipt.Delete(c.table, j.from, j.spec...); err != nil && !isNotExist(err) {
+			errs = append(errs, fmt.Errorf("delete jump from %s to %s: %w", j.from, c.name, err))
+		}
+	}
+	if ok && len(errs) == 0 {
+		if err := ipt.DeleteChain(c.table, c.name); err != nil && !isNotExist(err) {
+			errs = append(errs, fmt.Errorf("delete chain %s: %w", c.name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
