@@ -31,6 +31,7 @@ func (r *Runtime) Stop(ctx context.Context, ids []string, timeout time.Duration)
 	if len(procs) == 0 {
 		return errors.Join(errs...)
 	}
+	r.markStopping(procContainers(procs))
 	signalAll(procs, unix.SIGTERM)
 	left := waitProcs(ctx, procs, timeout)
 	if len(left) > 0 {
@@ -54,6 +55,14 @@ func (r *Runtime) Remove(ctx context.Context, ids []string, force bool) error {
 type proc struct {
 	c  *Container
 	fd int
+}
+
+func procContainers(ps []proc) []*Container {
+	cs := make([]*Container, len(ps))
+	for i, p := range ps {
+		cs[i] = p.c
+	}
+	return cs
 }
 
 func closeAll(ps []proc) {
@@ -144,6 +153,7 @@ func (r *Runtime) removeIDs(ctx context.Context, ids []string, force bool) error
 	// Kill first, all at once, so the waits overlap.
 	var victims []proc
 	var keep []string
+	var kept []*Container
 	for _, id := range ids {
 		c, err := r.st.read(id)
 		if errors.Is(err, ErrNotFound) {
@@ -164,7 +174,9 @@ func (r *Runtime) removeIDs(ctx context.Context, ids []string, force bool) error
 			victims = append(victims, p)
 		}
 		keep = append(keep, id)
+		kept = append(kept, c)
 	}
+	r.markStopping(kept)
 	signalAll(victims, unix.SIGKILL)
 	for _, p := range waitProcs(ctx, victims, killWait) {
 		addErr(fmt.Errorf("container %s: still running %s after SIGKILL", p.c.Name, killWait))

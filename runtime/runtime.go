@@ -45,6 +45,8 @@ type Runtime struct {
 	netOnce sync.Once
 	bridge  *network.Bridge
 	netErr  error
+
+	sup supervisor
 }
 
 // Option configures a Runtime.
@@ -150,6 +152,10 @@ type Config struct {
 	// or CgroupGroup (the containers of one Spawn share one group cgroup
 	// that carries the limits for all of them together).
 	Cgroup string
+	// Restart is the restart policy of detached containers: RestartNo
+	// (default), RestartOnFailure or RestartAlways. Restarts happen while
+	// the process that started them runs Supervise.
+	Restart string
 	// CapAdd and CapDrop change Docker's default capability set ("NET_ADMIN",
 	// "CAP_NET_RAW", "ALL"). Default: the set unchanged.
 	CapAdd, CapDrop []string
@@ -184,6 +190,13 @@ func (c *Config) validate() error {
 	case CgroupContainer, CgroupGroup:
 	default:
 		return fmt.Errorf("cgroup mode %q: %w: use %q or %q", c.Cgroup, ErrInvalidConfig, CgroupContainer, CgroupGroup)
+	}
+	switch c.Restart {
+	case "":
+		c.Restart = RestartNo
+	case RestartNo, RestartOnFailure, RestartAlways:
+	default:
+		return fmt.Errorf("restart policy %q: %w: use %q, %q or %q", c.Restart, ErrInvalidConfig, RestartNo, RestartOnFailure, RestartAlways)
 	}
 	return c.Resources.validate()
 }
@@ -387,6 +400,7 @@ func (r *Runtime) spawn(ctx context.Context, cfg Config, n int, exact bool, stdi
 			ID: id, Image: g.img.Name, ImageDigest: g.img.Digest.String(),
 			Command: g.tmpl.args, Created: now, Network: cfg.Network,
 			CgroupPath: cgPath, CgroupGroup: groupCg, Phase: phaseCreating, Resources: cfg.Resources,
+			Restart: restartPolicy(cfg.Restart, stdio), Supervisor: supervisorPid(cfg.Restart, stdio),
 			LogPath:   filepath.Join(r.st.containerDir(id), "log"),
 			RootfsDir: filepath.Join(r.st.containerDir(id), "rootfs"),
 		}}
@@ -509,7 +523,26 @@ feed:
 			}
 		}
 	}
+	if restartPolicy(cfg.Restart, stdio) != "" {
+		r.supervise(g, cs)
+	}
 	return cs, nil
+}
+
+// restartPolicy is the policy recorded for a container: none for a
+// foreground one, which is never restarted.
+func restartPolicy(p string, stdio *Stdio) string {
+	if stdio != nil || p == RestartNo {
+		return ""
+	}
+	return p
+}
+
+func supervisorPid(p string, stdio *Stdio) int {
+	if restartPolicy(p, stdio) == "" {
+		return 0
+	}
+	return os.Getpid()
 }
 
 // firstErrors joins the first few errors and counts the rest.

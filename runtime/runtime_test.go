@@ -665,3 +665,90 @@ func TestGroupCgroup(t *testing.T) {
 		t.Errorf("cgroup mode pod: %v, want ErrInvalidConfig", err)
 	}
 }
+
+// A restart policy restarts exited containers while the process that
+// started them supervises; stop ends it.
+func TestRestartPolicy(t *testing.T) {
+	rt := newRuntime(t)
+	ctx := context.Background()
+	exitAfter := func(code string) []string { return []string{"sh", "-c", "sleep 0.3; exit " + code} }
+	oom := []string{"sh", "-c", `sleep 0.3; x=$(busybox head -c 40000000 /dev/zero | busybox tr "\0" a)`}
+	cases := []struct {
+		name, policy string
+		cmd          []string
+		res          runtime.Resources
+		code         int
+		restarts     bool
+	}{
+		{"fail", runtime.RestartOnFailure, exitAfter("3"), runtime.Resources{}, 3, true},
+		{"oom", runtime.RestartOnFailure, oom, runtime.Resources{Memory: 8 << 20}, 137, true},
+		{"ok", runtime.RestartOnFailure, exitAfter("0"), runtime.Resources{}, 0, false},
+		{"always", runtime.RestartAlways, exitAfter("0"), runtime.Resources{}, 0, true},
+	}
+	var ids []string
+	for _, tc := range cases {
+		cs, err := rt.Spawn(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Name: tc.name, Cmd: tc.cmd, Resources: tc.res, Restart: tc.policy}, 1, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if cs[0].Supervisor != os.Getpid() || cs[0].Restart != tc.policy {
+			t.Errorf("%s: record says supervisor %d, policy %q", tc.name, cs[0].Supervisor, cs[0].Restart)
+		}
+		ids = append(ids, cs[0].ID)
+	}
+	// Back-offs of 0.1, 0.2, 0.4 s and runs of 0.3 s: two restarts in 3 s.
+	deadline := time.Now().Add(10 * time.Second)
+	for i, tc := range cases {
+		for {
+			c, err := rt.Get(ctx, ids[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			enough := c.Restarts >= 2 && c.ExitCode != nil
+			if !tc.restarts {
+				enough = c.Status == runtime.StatusExited && c.ExitCode != nil
+			}
+			if enough || time.Now().After(deadline) {
+				if c.ExitCode == nil || *c.ExitCode != tc.code {
+					t.Errorf("%s: exit code %v, want %d", tc.name, c.ExitCode, tc.code)
+				}
+				if tc.restarts && c.Restarts < 2 {
+					t.Errorf("%s: %d restarts in 10 s, want at least 2", tc.name, c.Restarts)
+				}
+				if !tc.restarts && (c.Restarts != 0 || c.Status != runtime.StatusExited) {
+					t.Errorf("%s: %s after %d restarts, want exited and never restarted", tc.name, c.Status, c.Restarts)
+				}
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	// A stop is not a failure: nothing restarts afterwards, and the
+	// supervision ends.
+	if err := rt.Stop(ctx, ids, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := rt.Supervise(sctx); err != nil {
+		t.Errorf("supervise after stop: %v, want nil (nothing left to watch)", err)
+	}
+	before := map[string]int{}
+	for _, id := range ids {
+		c, _ := rt.Get(ctx, id)
+		before[id] = c.Restarts
+	}
+	time.Sleep(time.Second)
+	for _, id := range ids {
+		c, err := rt.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Status != runtime.StatusExited || c.Restarts != before[id] {
+			t.Errorf("%s after stop: %s, %d restarts (was %d); want exited, no more restarts", c.Name, c.Status, c.Restarts, before[id])
+		}
+	}
+	if _, err := rt.Start(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Restart: "sometimes"}); !errors.Is(err, runtime.ErrInvalidConfig) {
+		t.Errorf("restart policy sometimes: %v, want ErrInvalidConfig", err)
+	}
+}

@@ -64,6 +64,15 @@ type Container struct {
 	// carries the group's limits (Config.Cgroup = CgroupGroup); empty for
 	// a container with a cgroup of its own.
 	CgroupGroup string    `json:"cgroup_group,omitempty"`
+	// Restart is the restart policy (Config.Restart); Restarts counts the
+	// restarts so far; Supervisor is the pid of the process that watches
+	// the container (0: none).
+	Restart    string `json:"restart,omitempty"`
+	Restarts   int    `json:"restarts,omitempty"`
+	Supervisor int    `json:"supervisor_pid,omitempty"`
+	// StopRequested: a user stopped or removed the container; its
+	// supervisor must not restart it.
+	StopRequested bool `json:"stop_requested,omitempty"`
 	Resources   Resources `json:"resources,omitzero"`
 
 	Phase     phase  `json:"phase"`
