@@ -63,7 +63,7 @@ type Container struct {
 	// CgroupGroup is the spawn group's cgroup that holds CgroupPath and
 	// carries the group's limits (Config.Cgroup = CgroupGroup); empty for
 	// a container with a cgroup of its own.
-	CgroupGroup string    `json:"cgroup_group,omitempty"`
+	CgroupGroup string `json:"cgroup_group,omitempty"`
 	// Restart is the restart policy (Config.Restart); Restarts counts the
 	// restarts so far; Supervisor is the pid of the process that watches
 	// the container (0: none).
@@ -72,8 +72,8 @@ type Container struct {
 	Supervisor int    `json:"supervisor_pid,omitempty"`
 	// StopRequested: a user stopped or removed the container; its
 	// supervisor must not restart it.
-	StopRequested bool `json:"stop_requested,omitempty"`
-	Resources   Resources `json:"resources,omitzero"`
+	StopRequested bool      `json:"stop_requested,omitempty"`
+	Resources     Resources `json:"resources,omitzero"`
 
 	Phase     phase  `json:"phase"`
 	PidStart  uint64 `json:"pid_start,omitempty"` // start time of Pid in clock ticks, guards against pid reuse
