@@ -63,6 +63,12 @@ func printContainers(w io.Writer, cs []*runtime.Container, out output) error {
 		if c.ExitCode != nil && c.Status == runtime.StatusExited {
 			status = fmt.Sprintf("exited (%d)", *c.ExitCode)
 		}
+		if c.Restarts > 0 {
+			status += fmt.Sprintf(", %d restarts", c.Restarts)
+			if c.ExitCode != nil && c.Status != runtime.StatusExited {
+				status += fmt.Sprintf(" (last exit %d)", *c.ExitCode)
+			}
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.ShortID(), c.Name, image.FamiliarName(c.Image), status, pid, ip, ago(c.Created))
 	}
 	return tw.Flush()

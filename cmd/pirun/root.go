@@ -47,7 +47,7 @@ directly through runc's libcontainer: no daemon, no shim per container.`,
 	cmd.PersistentPreRunE = func(cmd *cobra.Command, args []string) error { return g.apply(cmd) }
 	cmd.AddCommand(
 		newPullCmd(g), newImagesCmd(g), newRmiCmd(g), newImageCmd(g), newSpawnCmd(g), newRunCmd(g), newPsCmd(g),
-		newStopCmd(g), newRmCmd(g), newLogsCmd(g), newStatsCmd(g), newVersionCmd(),
+		newStopCmd(g), newRmCmd(g), newLogsCmd(g), newStatsCmd(g), newVersionCmd(), newSuperviseCmd(g),
 	)
 	return cmd
 }

@@ -53,7 +53,12 @@ PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
 					fmt.Fprintf(os.Stderr, "\rstarting %d/%d", done, total)
 				}
 			}
-			cs, err := rt.Spawn(cmd.Context(), cfg, n, progress)
+			var cs []*runtime.Container
+			if cfg.Restart != "" && cfg.Restart != runtime.RestartNo {
+				cs, err = spawnSupervised(cmd.Context(), g, superviseRequest{Config: cfg, N: n, Parallel: parallel}, progress)
+			} else {
+				cs, err = rt.Spawn(cmd.Context(), cfg, n, progress)
+			}
 			if progress != nil {
 				fmt.Fprint(os.Stderr, "\r\033[K")
 			}
@@ -86,6 +91,7 @@ PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
 	cmd.Flags().IntVar(&parallel, "parallel", 0, "containers started at once (default: 2 per CPU)")
 	cmd.Flags().StringVar(&cfg.Network, "network", runtime.NetworkBridge, "network: bridge or none")
 	cmd.Flags().StringArrayVarP(&cfg.Env, "env", "e", nil, "set an environment variable (KEY=VALUE)")
+	cmd.Flags().StringVar(&cfg.Restart, "restart", runtime.RestartNo, "restart policy: no, on-failure or always (starts one supervisor process for the group)")
 	cmd.Flags().StringVar(&cfg.Cgroup, "cgroup", runtime.CgroupContainer, "where the limits apply: container (each) or group (one cgroup for all of this spawn)")
 	pull.flags(cmd)
 	limits.flags(cmd)
