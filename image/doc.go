@@ -36,7 +36,8 @@
 // platform, or [WithPlatform], from an index); an image whose manifest the
 // store already holds is recorded without any blob transfer. Otherwise
 // containers/image copies the blobs into oci/ (verified, each blob written
-// once), and each new layer is unpacked while it downloads: the layout's
+// once) from the source opened to resolve (one ping and one manifest
+// request to a registry, one extraction of an archive), and each new layer is unpacked while it downloads: the layout's
 // destination is wrapped so that PutBlob tees the stream into the
 // unpacker (stream.go), then the config's diff_ids check and publish the
 // trees. containers/image's on-disk blob info cache is replaced by its

@@ -205,17 +205,20 @@ func (s *Store) Pull(ctx context.Context, ref string, opts ...ImportOption) (_ *
 	}
 
 	s.log.DebugContext(ctx, "resolving image", "ref", ref, "name", name)
-	instance, err := resolveInstance(ctx, sys, srcRef)
+	resolved, err := resolveInstance(ctx, sys, srcRef)
 	if err != nil {
 		return nil, fmt.Errorf("pull %s: %w", ref, err)
 	}
+	defer resolved.close()
+	instance := resolved.instance
 	if src.docker != nil {
-		// Copy exactly the manifest resolved, even if the tag moves.
-		pinned, err := reference.WithDigest(reference.TrimNamed(src.docker), instance)
+		// The copy reads exactly the manifest resolved, even if the tag
+		// moves; it names it by digest.
+		named, err := reference.WithDigest(reference.TrimNamed(src.docker), instance)
 		if err != nil {
 			return nil, fmt.Errorf("pull %s: %w", ref, err)
 		}
-		if srcRef, err = docker.NewReference(pinned); err != nil {
+		if resolved.ref, err = docker.NewReference(named); err != nil {
 			return nil, fmt.Errorf("pull %s: %w", ref, err)
 		}
 	}
@@ -241,7 +244,7 @@ func (s *Store) Pull(ctx context.Context, ref string, opts ...ImportOption) (_ *
 	s.log.DebugContext(ctx, "copying image", "ref", ref, "digest", instance)
 	streamed := &streamedLayers{dir: s.path(layersDirName), m: map[digest.Digest]*streamedLayer{}}
 	defer streamed.cleanup()
-	mfBytes, err := s.copyIn(ctx, sys, srcRef, streamed, o.progress)
+	mfBytes, err := s.copyIn(ctx, sys, resolvedRef{ImageReference: srcRef, src: resolved}, streamed, o.progress)
 	if err != nil {
 		return nil, fmt.Errorf("pull %s: %w", ref, err)
 	}
@@ -410,18 +413,69 @@ func (src *source) open(sys *types.SystemContext) (types.ImageReference, func(),
 	return nil, nop, fmt.Errorf("%w: unsupported transport %q", ErrInvalidRef, src.transport)
 }
 
-// resolveInstance reads the source's manifest and returns the digest of
-// the image manifest to pull: the manifest itself, or the instance of an
-// index for sys's platform.
-func resolveInstance(ctx context.Context, sys *types.SystemContext, ref types.ImageReference) (digest.Digest, error) {
+// resolvedSource is the source opened to resolve a pull's reference,
+// which the copy then reads from: it neither opens the source again (for
+// a registry: a second ping and manifest request; for an archive: a
+// second extraction) nor reads another manifest than the one resolved.
+type resolvedSource struct {
+	types.ImageSource
+	// instance is the digest of the image manifest to pull, manifest and
+	// mimeType its content and type.
+	instance digest.Digest
+	manifest []byte
+	mimeType string
+	// ref, if not nil, is the reference the copy sees (for a registry,
+	// the image pinned by digest).
+	ref types.ImageReference
+}
+
+// GetManifest returns the resolved image manifest as the top-level one.
+func (rs *resolvedSource) GetManifest(ctx context.Context, instanceDigest *digest.Digest) ([]byte, string, error) {
+	if instanceDigest == nil {
+		return rs.manifest, rs.mimeType, nil
+	}
+	return rs.ImageSource.GetManifest(ctx, instanceDigest)
+}
+
+func (rs *resolvedSource) Reference() types.ImageReference {
+	if rs.ref != nil {
+		return rs.ref
+	}
+	return rs.ImageSource.Reference()
+}
+
+// Close does nothing: the copy does not own the source; close does.
+func (rs *resolvedSource) Close() error { return nil }
+
+func (rs *resolvedSource) close() { _ = rs.ImageSource.Close() }
+
+// resolvedRef is a source reference whose image source is one already
+// resolved.
+type resolvedRef struct {
+	types.ImageReference
+	src *resolvedSource
+}
+
+func (r resolvedRef) NewImageSource(context.Context, *types.SystemContext) (types.ImageSource, error) {
+	return r.src, nil
+}
+
+// resolveInstance opens the source and reads its manifest to find the
+// image manifest to pull: the manifest itself, or the instance of an
+// index for sys's platform. The caller closes the source returned.
+func resolveInstance(ctx context.Context, sys *types.SystemContext, ref types.ImageReference) (_ *resolvedSource, err error) {
 	is, err := ref.NewImageSource(ctx, sys)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	defer is.Close()
+	defer func() {
+		if err != nil {
+			_ = is.Close()
+		}
+	}()
 	mf, mt, err := is.GetManifest(ctx, nil)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if mt == "" {
 		mt = manifest.GuessMIMEType(mf)
@@ -429,41 +483,69 @@ func resolveInstance(ctx context.Context, sys *types.SystemContext, ref types.Im
 	if named := ref.DockerReference(); named != nil {
 		if d, ok := named.(reference.Digested); ok {
 			if ok, err := manifest.MatchesDigest(mf, d.Digest()); err != nil || !ok {
-				return "", fmt.Errorf("manifest %s: %w: the content does not match the digest", d.Digest(), ErrInvalidLayer)
+				return nil, fmt.Errorf("manifest %s: %w: the content does not match the digest", d.Digest(), ErrInvalidLayer)
 			}
 		}
 	}
 	if !manifest.MIMETypeIsMultiImage(mt) {
-		switch mt {
-		case ispec.MediaTypeImageManifest, manifest.DockerV2Schema2MediaType,
-			manifest.DockerV2Schema1MediaType, manifest.DockerV2Schema1SignedMediaType:
-		default:
-			return "", fmt.Errorf("%w: unknown manifest media type %q", ErrUnsupported, mt)
+		if err := checkImageManifest(mf, mt); err != nil {
+			return nil, err
 		}
-		if _, err := manifest.FromBlob(mf, mt); err != nil {
-			return "", fmt.Errorf("%w: manifest of media type %q: %w", ErrUnsupported, mt, err)
+		d, err := manifest.Digest(mf)
+		if err != nil {
+			return nil, err
 		}
-		return manifest.Digest(mf)
+		return &resolvedSource{ImageSource: is, instance: d, manifest: mf, mimeType: mt}, nil
 	}
 	list, err := manifest.ListFromBlob(mf, mt)
 	if err != nil {
-		return "", fmt.Errorf("%w: index of media type %q: %w", ErrUnsupported, mt, err)
+		return nil, fmt.Errorf("%w: index of media type %q: %w", ErrUnsupported, mt, err)
 	}
 	d, chooseErr := list.ChooseInstance(sys)
-	if chooseErr == nil {
-		return d, nil
-	}
-	var have []string
-	for _, inst := range list.Instances() {
-		u, err := list.Instance(inst)
-		if err != nil || u.ReadOnly.Platform == nil {
-			continue
+	if chooseErr != nil {
+		var have []string
+		for _, inst := range list.Instances() {
+			u, err := list.Instance(inst)
+			if err != nil || u.ReadOnly.Platform == nil {
+				continue
+			}
+			have = append(have, FormatPlatform(*u.ReadOnly.Platform))
 		}
-		have = append(have, FormatPlatform(*u.ReadOnly.Platform))
+		slices.Sort(have)
+		have = slices.Compact(have)
+		return nil, fmt.Errorf("%w %s: the index offers %s", ErrPlatform, FormatPlatform(wantPlatform(sys)), strings.Join(have, ", "))
 	}
-	slices.Sort(have)
-	have = slices.Compact(have)
-	return "", fmt.Errorf("%w %s: the index offers %s", ErrPlatform, FormatPlatform(wantPlatform(sys)), strings.Join(have, ", "))
+	imf, imt, err := is.GetManifest(ctx, &d)
+	if err != nil {
+		return nil, err
+	}
+	if imt == "" {
+		imt = manifest.GuessMIMEType(imf)
+	}
+	if ok, err := manifest.MatchesDigest(imf, d); err != nil || !ok {
+		return nil, fmt.Errorf("manifest %s: %w: the content does not match the digest", d, ErrInvalidLayer)
+	}
+	if manifest.MIMETypeIsMultiImage(imt) {
+		return nil, fmt.Errorf("%w: index %s lists another index", ErrUnsupported, d)
+	}
+	if err := checkImageManifest(imf, imt); err != nil {
+		return nil, err
+	}
+	return &resolvedSource{ImageSource: is, instance: d, manifest: imf, mimeType: imt}, nil
+}
+
+// checkImageManifest refuses a manifest pirun cannot pull.
+func checkImageManifest(mf []byte, mt string) error {
+	switch mt {
+	case ispec.MediaTypeImageManifest, manifest.DockerV2Schema2MediaType,
+		manifest.DockerV2Schema1MediaType, manifest.DockerV2Schema1SignedMediaType:
+	default:
+		return fmt.Errorf("%w: unknown manifest media type %q", ErrUnsupported, mt)
+	}
+	if _, err := manifest.FromBlob(mf, mt); err != nil {
+		return fmt.Errorf("%w: manifest of media type %q: %w", ErrUnsupported, mt, err)
+	}
+	return nil
 }
 
 // checkPlatform refuses an image (not from an index) whose platform is

@@ -176,6 +176,12 @@ func (r *Runtime) removeIDs(ctx context.Context, ids []string, force bool) error
 		keep = append(keep, id)
 		kept = append(kept, c)
 	}
+	// Out of their published ports before they die, so that no new
+	// connection goes to them; if that fails, nothing is removed.
+	if err := r.unpublish(ctx, kept); err != nil {
+		closeAll(victims)
+		return errors.Join(append(errs, err)...)
+	}
 	r.markStopping(kept)
 	signalAll(victims, unix.SIGKILL)
 	for _, p := range waitProcs(ctx, victims, killWait) {

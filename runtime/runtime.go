@@ -161,6 +161,10 @@ type Config struct {
 	CapAdd, CapDrop []string
 	// Devices are host device nodes made available in the containers.
 	Devices []Device
+	// Ports are published on the host once all the containers run: each
+	// host port spreads its connections over all of them, in the kernel
+	// (see the network package). Bridge network only. Default: none.
+	Ports []network.PortMapping
 }
 
 func (c *Config) validate() error {
@@ -170,6 +174,12 @@ func (c *Config) validate() error {
 	case NetworkBridge, NetworkNone:
 	default:
 		return fmt.Errorf("network %q: %w: use %q or %q", c.Network, ErrInvalidConfig, NetworkBridge, NetworkNone)
+	}
+	if len(c.Ports) > 0 && c.Network != NetworkBridge {
+		return fmt.Errorf("publish ports with network %q: %w: ports need the bridge network", c.Network, ErrInvalidConfig)
+	}
+	if err := network.CheckPortMappings(c.Ports); err != nil {
+		return err
 	}
 	if c.Name != "" {
 		if err := ValidateName(c.Name); err != nil {
@@ -358,6 +368,9 @@ func (r *Runtime) spawn(ctx context.Context, cfg Config, n int, exact bool, stdi
 	if err != nil {
 		return nil, err
 	}
+	if err := r.checkPorts(ctx, g); err != nil {
+		return nil, err
+	}
 	cfg = g.cfg
 	prefix := cfg.Name
 	if prefix == "" {
@@ -407,6 +420,7 @@ func (r *Runtime) spawn(ctx context.Context, cfg Config, n int, exact bool, stdi
 		if !exact {
 			c.Group = prefix // the spawn group, for rm --group
 		}
+		c.Ports = cfg.Ports // before they are published, so rm unpublishes them
 		// The directory and the record come before the name, so that no
 		// name ever points at nothing a crash could leave behind.
 		if err := os.MkdirAll(c.RootfsDir, 0o700); err != nil {
@@ -522,6 +536,10 @@ feed:
 				return nil, fmt.Errorf("container %s: %w with status %d%s", c.Name, ErrExited, code, logTail(c.LogPath))
 			}
 		}
+	}
+	// All run: publish their ports, in one go.
+	if err := r.publish(ctx, g, cs); err != nil {
+		return nil, err
 	}
 	if restartPolicy(cfg.Restart, stdio) != "" {
 		r.supervise(g, cs)

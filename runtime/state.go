@@ -79,6 +79,9 @@ type Container struct {
 	PidStart  uint64 `json:"pid_start,omitempty"` // start time of Pid in clock ticks, guards against pid reuse
 	LogPath   string `json:"log_path"`
 	RootfsDir string `json:"rootfs_dir"`
+
+	// Ports are the container's published ports (Config.Ports).
+	Ports []network.PortMapping `json:"ports,omitempty"`
 }
 
 // ShortID is the first 12 characters of the id, as shown by ps.
