@@ -51,7 +51,7 @@ func printContainers(w io.Writer, cs []*runtime.Container, out output) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
-	fmt.Fprintln(tw, "CONTAINER ID\tNAME\tIMAGE\tSTATUS\tPID\tIP\tCREATED")
+	fmt.Fprintln(tw, "CONTAINER ID\tNAME\tIMAGE\tSTATUS\tPID\tIP\tPORTS\tCREATED")
 	for _, c := range cs {
 		pid, ip, status := "-", c.IP, string(c.Status)
 		if c.Pid > 0 {
@@ -69,7 +69,7 @@ func printContainers(w io.Writer, cs []*runtime.Container, out output) error {
 				status += fmt.Sprintf(" (last exit %d)", *c.ExitCode)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.ShortID(), c.Name, image.FamiliarName(c.Image), status, pid, ip, ago(c.Created))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.ShortID(), c.Name, image.FamiliarName(c.Image), status, pid, ip, formatPorts(c.Ports), ago(c.Created))
 	}
 	return tw.Flush()
 }

@@ -15,6 +15,7 @@ func newRunCmd(g *globals) *cobra.Command {
 	var detach, rm bool
 	var pull pullFlag
 	var limits limitFlags
+	var ports portFlags
 	var cfg runtime.Config
 	cmd := &cobra.Command{
 		Use:   "run [-d] [--rm] [--name NAME] [--network bridge|none] IMAGE [CMD...]",
@@ -34,6 +35,9 @@ detached: its id is printed and its output goes to 'pirun logs'.`,
 				return err
 			}
 			if err := limits.apply(&cfg); err != nil {
+				return err
+			}
+			if err := ports.apply(&cfg); err != nil {
 				return err
 			}
 			cfg.Image, cfg.Cmd = args[0], args[1:]
@@ -74,5 +78,6 @@ detached: its id is printed and its output goes to 'pirun logs'.`,
 	cmd.Flags().StringArrayVarP(&cfg.Env, "env", "e", nil, "set an environment variable (KEY=VALUE)")
 	pull.flags(cmd)
 	limits.flags(cmd)
+	ports.flags(cmd)
 	return cmd
 }

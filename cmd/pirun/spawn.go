@@ -14,6 +14,7 @@ func newSpawnCmd(g *globals) *cobra.Command {
 	var n, parallel int
 	var pull pullFlag
 	var limits limitFlags
+	var ports portFlags
 	var cfg runtime.Config
 	var out output
 	cmd := &cobra.Command{
@@ -23,8 +24,9 @@ func newSpawnCmd(g *globals) *cobra.Command {
 namespaces with its own IP on the pirun bridge, all on one shared read-only
 rootfs. Either all N start or none stays. The containers are named
 PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
-		Example: `  pirun spawn -n 1000 rpi-busybox-httpd`,
-		Args:    cobra.MinimumNArgs(1),
+		Example: `  pirun spawn -n 1000 rpi-busybox-httpd
+  pirun spawn -n 100 -p 127.0.0.1:8080:80 rpi-busybox-httpd   # one host port, spread over all 100`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := out.check(); err != nil {
 				return err
@@ -40,6 +42,9 @@ PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
 				return err
 			}
 			if err := limits.apply(&cfg); err != nil {
+				return err
+			}
+			if err := ports.apply(&cfg); err != nil {
 				return err
 			}
 			cfg.Image, cfg.Cmd = args[0], args[1:]
@@ -95,6 +100,7 @@ PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
 	cmd.Flags().StringVar(&cfg.Cgroup, "cgroup", runtime.CgroupContainer, "where the limits apply: container (each) or group (one cgroup for all of this spawn)")
 	pull.flags(cmd)
 	limits.flags(cmd)
+	ports.flags(cmd)
 	out.flags(cmd, "print only container ids")
 	return cmd
 }
