@@ -53,6 +53,24 @@
 // images.json is replaced atomically. Unpacking needs root (files are
 // chowned to the image's owners, whiteouts are character devices).
 //
+// After a crash, a published layer directory is complete and an image
+// record refers only to what is on disk. A pull writes its files without
+// an fsync each (a layer has hundreds, and every fsync is a flush of the
+// disk's cache): each file's writeback is started as it is closed
+// (sync_file_range), and once every layer of the image is unpacked and
+// checked, one syncfs of the store's file system makes all of it durable,
+// the blobs included (containers/image fsyncs a blob but neither the
+// directory it is renamed into, nor the manifest, nor index.json). Only
+// then are the layers/.tmp-* directories renamed to their layer
+// directories and layers/ fsynced, and only then is images.json replaced
+// (written to a temp file, fsynced, renamed, its directory fsynced). A
+// crash before the renames leaves .tmp-* directories, which the next pull
+// removes; a crash between the renames and the record leaves complete
+// layers that no record uses yet, which the next pull of the image finds
+// (and [Store.Prune] removes). The syncfs also waits for whatever else is
+// being written to the same file system; it is one per pull, not one per
+// layer.
+//
 // Layers are unpacked by the store's own extractor (extract.go), which
 // replaced umoci's: a layer goes into a fresh, empty directory of its own,
 // so what is at each path is known without asking the file system, and

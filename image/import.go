@@ -169,7 +169,7 @@ func (s *Store) unpackImage(ctx context.Context, src string, mfBytes []byte, str
 	// a few at a time (unpacking waits on the disk more than on the CPU).
 	type result struct {
 		meta layerMeta
-		dir  string
+		tmp  string
 		err  error
 	}
 	results := make([]result, len(m.Layers))
@@ -182,19 +182,17 @@ func (s *Store) unpackImage(ctx context.Context, src string, mfBytes []byte, str
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			r := &results[i]
-			r.meta, r.dir, r.err = s.ensureLayer(uctx, l, cfg.RootFS.DiffIDs[i], chains[i], streamed.take(l.Digest))
+			r.meta, r.tmp, r.err = s.prepareLayer(uctx, l, cfg.RootFS.DiffIDs[i], chains[i], streamed.take(l.Digest))
 			if r.err != nil {
 				cancel()
 			}
 		})
 	}
 	wg.Wait()
-	var published []string
+	tmps, dirs := make([]string, len(m.Layers)), make([]string, len(m.Layers))
 	var firstErr error
 	for i, r := range results {
-		if r.dir != "" {
-			published = append(published, r.dir)
-		}
+		tmps[i], dirs[i] = r.tmp, s.layerDir(chains[i])
 		// The first error that is not the cancellation it caused.
 		if r.err != nil && (firstErr == nil || (errors.Is(firstErr, context.Canceled) && !errors.Is(r.err, context.Canceled))) {
 			firstErr = fmt.Errorf("pull %s: layer %s: %w", src, m.Layers[i].Digest, r.err)
@@ -203,7 +201,16 @@ func (s *Store) unpackImage(ctx context.Context, src string, mfBytes []byte, str
 		img.Size += r.meta.Size
 	}
 	if firstErr != nil {
-		return nil, published, firstErr
+		for _, tmp := range tmps {
+			if tmp != "" {
+				_ = os.RemoveAll(tmp)
+			}
+		}
+		return nil, nil, firstErr
+	}
+	published, err := s.publishLayers(tmps, dirs)
+	if err != nil {
+		return nil, published, fmt.Errorf("pull %s: publish layers: %w", src, err)
 	}
 	return img, published, nil
 }

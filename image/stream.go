@@ -14,8 +14,9 @@ import (
 // Layers are unpacked while they are downloaded: the store's OCI layout
 // is wrapped in a destination whose PutBlob tees each layer blob into an
 // unpacker. The unpacked tree waits in layers/.tmp-* until the config
-// gives its diff_id and chain ID; ensureLayer then checks and publishes it
-// (or, if the layer is already there or the blob failed, removes it).
+// gives its diff_id and chain ID; prepareLayer then checks it and
+// publishLayers publishes it (or, if the layer is already there or the
+// blob failed, it is removed).
 // Unpacking stays confined to its own fresh directory, so unverified
 // bytes can do no harm before the blob's digest is checked at its end.
 
@@ -24,7 +25,7 @@ type streamedLayer struct {
 	tmp    string // layers/.tmp-* holding root/
 	diffID digest.Digest
 	size   int64
-	err    error // the unpacker's error (a hostile layer), checked by ensureLayer
+	err    error // the unpacker's error (a hostile layer), checked by prepareLayer
 }
 
 // streamedLayers collects the layers unpacked during one copy.
@@ -34,7 +35,7 @@ type streamedLayers struct {
 	m   map[digest.Digest]*streamedLayer
 }
 
-// cleanup removes the temp directories no ensureLayer took over.
+// cleanup removes the temp directories no prepareLayer took over.
 func (sl *streamedLayers) cleanup() {
 	sl.mu.Lock()
 	defer sl.mu.Unlock()

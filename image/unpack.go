@@ -43,34 +43,39 @@ func readLayerMeta(dir string) (layerMeta, error) {
 	return meta, nil
 }
 
-// ensureLayer makes sure the layer with chain ID chain is unpacked in
-// layers/<short chain>/. It returns the layer's record and, if this call
-// published the directory, its path. The caller holds the lock.
+// prepareLayer makes sure the layer with chain ID chain can be published
+// in layers/<short chain>/. If it is there already, it returns its record
+// and tmp "". Otherwise it returns the record and tmp, a layers/.tmp-*
+// directory holding the unpacked tree, checked against diffID, and its
+// layer.json, neither made durable yet (see publishLayers). The caller
+// holds the lock and removes tmp if it does not publish it.
 //
 // pre, if not nil, is the layer already unpacked while its blob was
-// downloaded; ensureLayer takes its directory over (or removes it).
-func (s *Store) ensureLayer(ctx context.Context, desc ispec.Descriptor, diffID, chain digest.Digest, pre *streamedLayer) (_ layerMeta, published string, err error) {
-	var tmp string
+// downloaded; prepareLayer takes its directory over (or removes it).
+func (s *Store) prepareLayer(ctx context.Context, desc ispec.Descriptor, diffID, chain digest.Digest, pre *streamedLayer) (_ layerMeta, tmp string, err error) {
 	defer func() {
-		if tmp != "" {
+		if err != nil && tmp != "" {
 			_ = os.RemoveAll(tmp)
+			tmp = ""
 		}
 	}()
 	if pre != nil {
 		tmp = pre.tmp
 	}
-	dir := s.layerDir(chain)
-	if meta, err := existingLayer(dir, chain); err == nil || !errors.Is(err, fs.ErrNotExist) {
+	if meta, err := existingLayer(s.layerDir(chain), chain); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		if tmp != "" {
+			_ = os.RemoveAll(tmp)
+		}
 		return meta, "", err
 	}
 
 	var size int64
 	if pre != nil {
 		if pre.err != nil {
-			return layerMeta{}, "", pre.err
+			return layerMeta{}, tmp, pre.err
 		}
 		if pre.diffID != diffID {
-			return layerMeta{}, "", fmt.Errorf("%w: uncompressed content has digest %s, the config's diff_id is %s", ErrInvalidLayer, pre.diffID, diffID)
+			return layerMeta{}, tmp, fmt.Errorf("%w: uncompressed content has digest %s, the config's diff_id is %s", ErrInvalidLayer, pre.diffID, diffID)
 		}
 		size = pre.size
 	} else {
@@ -78,31 +83,69 @@ func (s *Store) ensureLayer(ctx context.Context, desc ispec.Descriptor, diffID, 
 			return layerMeta{}, "", err
 		}
 		if size, err = unpackBlob(ctx, filepath.Join(tmp, layerTreeName), s.blobPath(desc.Digest), desc, diffID); err != nil {
-			return layerMeta{}, "", err
+			return layerMeta{}, tmp, err
 		}
 	}
 	meta := layerMeta{ChainID: chain, DiffID: diffID, Size: size}
 	b, err := json.Marshal(meta)
 	if err != nil {
-		return layerMeta{}, "", err
+		return layerMeta{}, tmp, err
 	}
-	if err := fsutil.WriteFileAtomic(filepath.Join(tmp, layerMetaName), append(b, '\n'), 0o600); err != nil {
-		return layerMeta{}, "", err
+	if err := os.WriteFile(filepath.Join(tmp, layerMetaName), append(b, '\n'), 0o600); err != nil {
+		return layerMeta{}, tmp, err
 	}
-	// Publish: once renamed, the layer directory is never written again.
-	if err := os.Rename(tmp, dir); err != nil {
-		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
-			// Another process published it first: keep theirs.
-			meta, err := existingLayer(dir, chain)
-			return meta, "", err
+	return meta, tmp, nil
+}
+
+// publishLayers renames each prepared layers/.tmp-* directory (of tmps,
+// "" for none) to its layer directory (of dirs), after one syncfs of the
+// store's file system, which also makes durable the blobs the pull wrote:
+// a layer directory exists only complete, even after a crash, and so does
+// what an image record written next refers to. It returns the directories
+// it published; a layer another process published first is kept, and its
+// temp directory removed. The caller holds the lock.
+func (s *Store) publishLayers(tmps, dirs []string) (published []string, err error) {
+	defer func() {
+		for _, tmp := range tmps {
+			if tmp != "" {
+				_ = os.RemoveAll(tmp)
+			}
 		}
-		return layerMeta{}, "", err
+	}()
+	layers := s.path(layersDirName)
+	if err := syncFS(layers); err != nil {
+		return nil, err
 	}
-	tmp = ""
-	if err := fsutil.SyncDir(s.path(layersDirName)); err != nil {
-		return layerMeta{}, dir, err
+	for i, tmp := range tmps {
+		if tmp == "" {
+			continue
+		}
+		// Published: the layer directory is never written again.
+		if err := os.Rename(tmp, dirs[i]); err != nil {
+			if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
+				continue // another process published it first: keep theirs
+			}
+			return published, err
+		}
+		tmps[i] = ""
+		published = append(published, dirs[i])
 	}
-	return meta, dir, nil
+	return published, fsutil.SyncDir(layers)
+}
+
+// syncFS makes everything written to the file system holding dir durable.
+// One syncfs costs less than an fsync of each file of a layer: the flushes
+// are one, and the writes are issued together.
+func syncFS(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(fd)
+	if err := unix.Syncfs(fd); err != nil {
+		return &os.PathError{Op: "syncfs", Path: dir, Err: err}
+	}
+	return nil
 }
 
 // newLayerTemp makes layers/.tmp-<name>-*/root/ and returns the
