@@ -52,10 +52,14 @@
 //	                   127.0.0.0/8 sources (for 127.0.0.1) and of the
 //	                   bridge's own subnet when DNATed (hairpin)
 //
-// Removing containers rewrites their ports: a new chain without them under
-// a new name, its dispatch rule inserted ahead of the old one, then the old
-// rule and chain deleted, so no new connection ever goes to a container
-// being removed. The last container of a port removes the port.
+// Removing containers rewrites their ports before the containers stop: a
+// new chain without them under a new name, its dispatch rule, and the
+// deletion of the old rule and chain, in one iptables-restore transaction,
+// so no new connection ever goes to a container being removed, nor finds
+// the port closed. The last container of a port removes the port. A port's
+// chain is written with iptables-restore, not go-iptables: go-iptables
+// runs iptables once per rule (1,000 rules took 8 s, against 0.07 s) and
+// has no transactions; everything else goes through go-iptables.
 //
 // Reaching a port at 127.0.0.1 needs route_localnet=1 on the bridge (the
 // kernel otherwise refuses to route a 127.0.0.0/8 source out of it) and the

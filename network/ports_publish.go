@@ -1,6 +1,7 @@
 package network
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -9,7 +10,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -45,16 +48,18 @@ var dispatchChain = hookedChain{
 }
 
 // portRecord is one published host port: the chain of DNAT rules that
-// spreads its connections over the targets. It is written before the
-// rules are made, so that a crash leaves a record to remove them by.
+// spreads its connections over the targets. A chain is recorded before it
+// is made, so that a crash leaves a record to remove it by.
 type portRecord struct {
-	Port  PortMapping `json:"port"`
-	Chain string      `json:"chain"`
-	// Next is a chain being built to replace Chain (a rewrite that a
-	// crash may have interrupted).
-	Next    string     `json:"next,omitempty"`
+	Port PortMapping `json:"port"`
+	// Chains are the port's chains that may exist: the current one last,
+	// older ones only while a rewrite is under way (or was interrupted).
+	Chains  []string   `json:"chains"`
 	Targets []Endpoint `json:"targets"`
 }
+
+// chain is the port's current chain.
+func (r *portRecord) chain() string { return r.Chains[len(r.Chains)-1] }
 
 func (b *Bridge) portsDir() string { return filepath.Join(filepath.Dir(b.dir), portsDirName) }
 
@@ -187,7 +192,9 @@ func (b *Bridge) checkPortsFree(recs []*portRecord, ports []PortMapping) error {
 	ours := map[string]bool{}
 	for _, p := range ports {
 		for _, r := range recs {
-			ours[r.Chain], ours[r.Next] = true, true
+			for _, c := range r.Chains {
+				ours[c] = true
+			}
 			if p.overlaps(r.Port) {
 				first := ""
 				if len(r.Targets) > 0 {
@@ -343,12 +350,12 @@ func (b *Bridge) Publish(ctx context.Context, ports []PortMapping, eps []Endpoin
 		}
 	}()
 	for _, p := range ports {
-		r := &portRecord{Port: p, Chain: newChainName(p), Targets: eps}
+		r := &portRecord{Port: p, Chains: []string{newChainName(p)}, Targets: eps}
 		if err := b.writePortRecord(r); err != nil {
 			return err
 		}
 		added = append(added, r)
-		if err := b.buildChain(r.Port, r.Chain, r.Targets); err != nil {
+		if err := b.swapChain(r, nil); err != nil {
 			return err
 		}
 	}
@@ -364,21 +371,21 @@ func (b *Bridge) Publish(ctx context.Context, ports []PortMapping, eps []Endpoin
 		return err
 	}
 	for _, r := range added {
-		if err := b.insertDispatch(r.Port, r.Chain); err != nil {
+		if err := b.insertDispatch(r.Port, r.chain()); err != nil {
 			return err
 		}
-		b.log.Debug("published port", "port", r.Port.HostAddr(), "container_port", r.Port.ContainerPort, "containers", len(r.Targets), "chain", r.Chain)
+		b.log.Debug("published port", "port", r.Port.HostAddr(), "container_port", r.Port.ContainerPort, "containers", len(r.Targets), "chain", r.chain())
 	}
 	return nil
 }
 
 // Unpublish takes the containers out of every port they are published on,
 // before they stop: a port's chain is rebuilt without them under a new
-// name and swapped in for the old one (the new dispatch rule goes in
-// before the old one is deleted), so no new connection goes to them; the
-// port of the last of them is removed entirely, and with the last port
-// whatever pirun set up on the host for the ports. Containers that publish
-// nothing are fine. It is idempotent.
+// name and swapped in for the old one in one iptables-restore transaction,
+// so no new connection goes to them; the port of the last of them is
+// removed entirely, and with the last port whatever pirun set up on the
+// host for the ports. Containers that publish nothing are fine. It is
+// idempotent, and finishes a rewrite that a crash interrupted.
 func (b *Bridge) Unpublish(ctx context.Context, containerIDs []string) error {
 	if len(containerIDs) == 0 {
 		return nil
@@ -406,7 +413,7 @@ func (b *Bridge) Unpublish(ctx context.Context, containerIDs []string) error {
 			}
 		}
 		switch {
-		case len(rest) == len(r.Targets) && r.Next == "":
+		case len(rest) == len(r.Targets) && len(r.Chains) == 1:
 			kept = append(kept, r)
 		case len(rest) == 0:
 			if err := b.unpublishPort(r); err != nil {
@@ -428,40 +435,22 @@ func (b *Bridge) Unpublish(ctx context.Context, containerIDs []string) error {
 
 // rewritePort replaces r's chain with one for targets.
 func (b *Bridge) rewritePort(r *portRecord, targets []Endpoint) error {
-	if r.Next != "" {
-		// A rewrite that did not finish: start it again.
-		if err := b.removeChain(r.Port, r.Next); err != nil {
-			return err
-		}
-		r.Next = ""
-	}
-	r.Next = newChainName(r.Port)
+	old := r.Chains
+	r.Chains = append(slices.Clone(old), newChainName(r.Port))
 	if err := b.writePortRecord(r); err != nil {
 		return err
 	}
-	if err := b.buildChain(r.Port, r.Next, targets); err != nil {
+	if err := b.swapChain(&portRecord{Port: r.Port, Chains: r.Chains, Targets: targets}, old); err != nil {
 		return err
 	}
-	if err := b.insertDispatch(r.Port, r.Next); err != nil {
-		return err
-	}
-	if err := b.removeChain(r.Port, r.Chain); err != nil {
-		return err
-	}
-	b.log.Debug("rewrote published port", "port", r.Port.HostAddr(), "containers", len(targets), "chain", r.Next, "old_chain", r.Chain)
-	r.Chain, r.Next, r.Targets = r.Next, "", targets
+	b.log.Debug("rewrote published port", "port", r.Port.HostAddr(), "containers", len(targets), "chain", r.chain(), "old_chains", old)
+	r.Chains, r.Targets = r.Chains[len(r.Chains)-1:], targets
 	return b.writePortRecord(r)
 }
 
 // unpublishPort removes r's dispatch rules and chains, then its record.
 func (b *Bridge) unpublishPort(r *portRecord) error {
-	var errs []error
-	for _, c := range []string{r.Next, r.Chain} {
-		if c != "" {
-			errs = append(errs, b.removeChain(r.Port, c))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := b.swapChain(&portRecord{Port: r.Port}, r.Chains); err != nil {
 		return err
 	}
 	if err := b.inHost(func() error {
@@ -473,35 +462,87 @@ func (b *Bridge) unpublishPort(r *portRecord) error {
 	}); err != nil {
 		return fmt.Errorf("port %s: %w", r.Port.HostAddr(), err)
 	}
-	b.log.Debug("unpublished port", "port", r.Port.HostAddr(), "chain", r.Chain)
+	b.log.Debug("unpublished port", "port", r.Port.HostAddr(), "chains", r.Chains)
 	return b.removePortFile(r)
 }
 
-// buildChain makes chain (afresh) with the DNAT rules for targets.
-func (b *Bridge) buildChain(p PortMapping, chain string, targets []Endpoint) error {
+// swapChain makes r's current chain afresh with the DNAT rules for its
+// targets and, if the port is switched on (PIRUN-PORTS exists), its
+// dispatch rule; and it deletes the dispatch rules and the chains of old
+// that exist. A record without chains only deletes. It is one
+// iptables-restore transaction: at no moment does the port lead nowhere,
+// nor to two chains. go-iptables runs iptables once per rule, which for a
+// large group takes seconds (1,000 rules: 8 s, against 0.07 s here), and
+// has no transactions.
+func (b *Bridge) swapChain(r *portRecord, old []string) error {
 	err := b.inHost(func() error {
 		ipt, err := b.iptablesHandle()
 		if err != nil {
 			return err
 		}
-		if err := ipt.ClearChain("nat", chain); err != nil {
-			return fmt.Errorf("create chain %s: %w", chain, err)
+		dispatching, err := ipt.ChainExists(dispatchChain.table, dispatchChain.name)
+		if err != nil {
+			return fmt.Errorf("look up chain %s: %w", dispatchChain.name, err)
 		}
-		for _, spec := range dnatSpecs(p, targets) {
-			if err := ipt.Append("nat", chain, spec...); err != nil {
-				return fmt.Errorf("add rule %q to %s: %w", strings.Join(spec, " "), chain, err)
+		var lines []string
+		if len(r.Chains) > 0 {
+			c := r.chain()
+			lines = append(lines, ":"+c+" - [0:0]") // made, or flushed
+			for _, spec := range dnatSpecs(r.Port, r.Targets) {
+				lines = append(lines, "-A "+c+" "+strings.Join(spec, " "))
+			}
+			if dispatching && len(old) > 0 {
+				lines = append(lines, "-I "+dispatchChain.name+" 1 "+strings.Join(dispatchSpec(r.Port, c), " "))
 			}
 		}
-		return nil
+		for _, c := range old {
+			if len(r.Chains) > 0 && c == r.chain() {
+				continue
+			}
+			// (No rule can jump to a chain that does not exist.)
+			if ok, err := ipt.ChainExists("nat", c); err != nil {
+				return fmt.Errorf("look up chain %s: %w", c, err)
+			} else if !ok {
+				continue
+			}
+			if dispatching {
+				spec := dispatchSpec(r.Port, c)
+				if ok, err := ipt.Exists(dispatchChain.table, dispatchChain.name, spec...); err != nil {
+					return fmt.Errorf("check rule %q in %s: %w", strings.Join(spec, " "), dispatchChain.name, err)
+				} else if ok {
+					lines = append(lines, "-D "+dispatchChain.name+" "+strings.Join(spec, " "))
+				}
+			}
+			lines = append(lines, "-F "+c, "-X "+c)
+		}
+		return restoreNat(lines)
 	})
 	if err != nil {
-		return fmt.Errorf("port %s: %w", p.HostAddr(), err)
+		return fmt.Errorf("port %s: %w", r.Port.HostAddr(), err)
+	}
+	return nil
+}
+
+// restoreNat applies lines to the nat table in one transaction
+// (iptables-restore --noflush). Call it in the host namespace.
+func restoreNat(lines []string) error {
+	if len(lines) == 0 {
+		return nil
+	}
+	path, err := exec.LookPath("iptables-restore")
+	if err != nil {
+		return fmt.Errorf("iptables-restore: %w", err)
+	}
+	cmd := exec.Command(path, "-w", "10", "--noflush")
+	cmd.Stdin = strings.NewReader("*nat\n" + strings.Join(lines, "\n") + "\nCOMMIT\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("iptables-restore: %w: %s", err, bytes.TrimSpace(out))
 	}
 	return nil
 }
 
 // insertDispatch switches p on: the rule of PIRUN-PORTS that jumps to
-// chain goes first, ahead of any older rule for p.
+// chain goes first.
 func (b *Bridge) insertDispatch(p PortMapping, chain string) error {
 	err := b.inHost(func() error {
 		ipt, err := b.iptablesHandle()
@@ -514,33 +555,6 @@ func (b *Bridge) insertDispatch(p PortMapping, chain string) error {
 		spec := dispatchSpec(p, chain)
 		if err := ipt.Insert(dispatchChain.table, dispatchChain.name, 1, spec...); err != nil {
 			return fmt.Errorf("add rule %q to %s: %w", strings.Join(spec, " "), dispatchChain.name, err)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("port %s: %w", p.HostAddr(), err)
-	}
-	return nil
-}
-
-// removeChain deletes the dispatch rule to chain, then chain. What is
-// gone is success.
-func (b *Bridge) removeChain(p PortMapping, chain string) error {
-	err := b.inHost(func() error {
-		ipt, err := b.iptablesHandle()
-		if err != nil {
-			return err
-		}
-		if ok, err := ipt.ChainExists(dispatchChain.table, dispatchChain.name); err != nil {
-			return fmt.Errorf("look up chain %s: %w", dispatchChain.name, err)
-		} else if ok {
-			spec := dispatchSpec(p, chain)
-			if err := ipt.Delete(dispatchChain.table, dispatchChain.name, spec...); err != nil && !isNotExist(err) {
-				return fmt.Errorf("delete rule %q from %s: %w", strings.Join(spec, " "), dispatchChain.name, err)
-			}
-		}
-		if err := ipt.ClearAndDeleteChain("nat", chain); err != nil && !isNotExist(err) {
-			return fmt.Errorf("delete chain %s: %w", chain, err)
 		}
 		return nil
 	})

@@ -569,8 +569,8 @@ func TestPublishConcurrent(t *testing.T) {
 	})
 }
 
-// A rewrite that a crash interrupted (a record naming a Next chain) is
-// finished, or removed, by the next Unpublish.
+// A rewrite that a crash interrupted (a record naming two chains, at any
+// point of the swap) is finished by the next Unpublish.
 func TestUnpublishAfterCrash(t *testing.T) {
 	inTestNS(t, func(netns.NsHandle) {
 		loopbackUpHere(t)
@@ -581,36 +581,40 @@ func TestUnpublishAfterCrash(t *testing.T) {
 			t.Fatal(err)
 		}
 		startReplicas(t, b, eps)
-		ports := mustParsePorts(t, "127.0.0.1:8080:80")
-		if err := b.Publish(ctx, ports, eps); err != nil {
+		if err := b.Publish(ctx, mustParsePorts(t, "127.0.0.1:8080:80"), eps); err != nil {
 			t.Fatal(err)
 		}
-		// Simulate a crash in the middle of a rewrite: the record names
-		// the next chain, which exists and is switched on.
-		recs, err := b.readPortRecords()
-		if err != nil || len(recs) != 1 {
-			t.Fatalf("records %v, %v", recs, err)
-		}
-		r := recs[0]
-		r.Next = newChainName(r.Port)
-		if err := b.writePortRecord(r); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.buildChain(r.Port, r.Next, eps[:1]); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.insertDispatch(r.Port, r.Next); err != nil {
-			t.Fatal(err)
-		}
-		// Nothing to remove: the rewrite is finished, with both targets.
-		if err := b.Unpublish(ctx, []string{testIDs("z", 1)[0]}); err != nil {
-			t.Fatal(err)
-		}
-		if got := tally("tcp4", "127.0.0.1:8080", 4); !mapsEqual(got, map[string]int{"r0": 2, "r1": 2}) {
-			t.Errorf("after the finished rewrite: %v", got)
-		}
-		if c := pirunChains(t, "nat"); len(c) != 3 {
-			t.Errorf("nat chains %v, want PIRUN-PORTS, PIRUN-POSTROUTING and one port chain", c)
+		for _, crash := range []string{"recorded", "built", "dispatched"} {
+			recs, err := b.readPortRecords()
+			if err != nil || len(recs) != 1 {
+				t.Fatalf("records %v, %v", recs, err)
+			}
+			r := recs[0]
+			next := newChainName(r.Port)
+			r.Chains = append(r.Chains, next)
+			if err := b.writePortRecord(r); err != nil {
+				t.Fatal(err)
+			}
+			if crash != "recorded" {
+				if err := restoreNat([]string{":" + next + " - [0:0]", "-A " + next + " " + strings.Join(dnatSpecs(r.Port, eps[:1])[0], " ")}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if crash == "dispatched" {
+				if err := b.insertDispatch(r.Port, next); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Nothing to remove: the rewrite is finished, with both targets.
+			if err := b.Unpublish(ctx, []string{testIDs("z", 1)[0]}); err != nil {
+				t.Fatalf("crash after the next chain was %s: %v", crash, err)
+			}
+			if got := tally("tcp4", "127.0.0.1:8080", 4); !mapsEqual(got, map[string]int{"r0": 2, "r1": 2}) {
+				t.Errorf("crash after the next chain was %s: then %v", crash, got)
+			}
+			if c := pirunChains(t, "nat"); len(c) != 3 {
+				t.Errorf("crash after the next chain was %s: nat chains %v, want PIRUN-PORTS, PIRUN-POSTROUTING and one port chain", crash, c)
+			}
 		}
 		if err := b.Unpublish(ctx, []string{eps[0].ContainerID, eps[1].ContainerID}); err != nil {
 			t.Fatal(err)
