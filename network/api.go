@@ -18,9 +18,9 @@ var (
 // Endpoint is one container's place on a network. It is serialized in the
 // container's state, so rm can release it after a crash.
 type Endpoint struct {
-	Network     string       `json:"network"`      // network name, e.g. "bridge"
+	Network     string       `json:"network"`      // the bridge of its slice of the subnet, e.g. "pirun0" or "pirun0-1"
 	ContainerID string       `json:"container_id"` // owner of the allocation
-	Address     netip.Prefix `json:"address"`      // e.g. 10.123.0.5/16
-	Gateway     netip.Addr   `json:"gateway"`      // e.g. 10.123.0.1
+	Address     netip.Prefix `json:"address"`      // e.g. 10.123.4.5/22
+	Gateway     netip.Addr   `json:"gateway"`      // e.g. 10.123.4.1
 	HostIf      string       `json:"host_if"`      // host-side veth name, "pr" + 10 hex of the id
 }

@@ -21,8 +21,8 @@ func HostIfName(containerID string) string {
 }
 
 // Attach connects the network namespace at nsPath (e.g.
-// /proc/PID/task/TID/ns/net) to the bridge: a veth pair whose host end
-// ep.HostIf joins the bridge and whose peer is created directly inside the
+// /proc/PID/task/TID/ns/net) to the bridge of ep's slice: a veth pair whose
+// host end ep.HostIf joins the bridge and whose peer is created directly inside the
 // namespace as eth0, with ep.Address and a default route via ep.Gateway; lo
 // is brought up too. It works from any thread, whatever its namespace. On
 // failure it deletes the veth pair.
@@ -30,20 +30,26 @@ func (b *Bridge) Attach(ctx context.Context, ep Endpoint, nsPath string) (err er
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("network %s: container %q: attach: %w", b.name, ep.ContainerID, err)
 	}
-	if ep.Network != b.name {
-		return fmt.Errorf("network %s: container %q: endpoint belongs to network %q: %w", b.name, ep.ContainerID, ep.Network, ErrInvalidConfig)
+	if _, ok := b.sliceOfBridge(ep.Network); !ok {
+		return fmt.Errorf("network %s: container %q: endpoint is on bridge %q, not one of this network's: %w", b.name, ep.ContainerID, ep.Network, ErrInvalidConfig)
 	}
 	if !ep.Address.IsValid() || !ep.Gateway.IsValid() || ep.HostIf == "" {
 		return fmt.Errorf("network %s: container %q: incomplete endpoint %+v: %w", b.name, ep.ContainerID, ep, ErrInvalidConfig)
 	}
+	k, ok := b.r.sliceOf(ep.Address.Addr())
+	if !ok || ep.Network != b.bridgeName(k) {
+		return fmt.Errorf("network %s: container %q: address %s is not on bridge %s's slice of %s: %w",
+			b.name, ep.ContainerID, ep.Address, ep.Network, b.subnet, ErrInvalidConfig)
+	}
+	brName := b.bridgeName(k)
 	ns, err := netns.GetFromPath(nsPath)
 	if err != nil {
 		return fmt.Errorf("network %s: container %q: open namespace %s: %w", b.name, ep.ContainerID, nsPath, err)
 	}
 	defer ns.Close()
-	br, err := b.nl.LinkByName(b.name)
+	br, err := b.nl.LinkByName(brName)
 	if err != nil {
-		return fmt.Errorf("network %s: container %q: look up bridge (was the address allocated?): %w", b.name, ep.ContainerID, err)
+		return fmt.Errorf("network %s: container %q: look up bridge %s (was the address allocated?): %w", b.name, ep.ContainerID, brName, err)
 	}
 
 	attrs := netlink.NewLinkAttrs()
@@ -55,6 +61,9 @@ func (b *Bridge) Attach(ctx context.Context, ep Endpoint, nsPath string) (err er
 	if err := b.nl.LinkAdd(veth); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("network %s: container %q: veth %s or %s in %s already exists: %w", b.name, ep.ContainerID, ep.HostIf, containerIf, nsPath, err)
+		}
+		if errors.Is(err, unix.EXFULL) {
+			return fmt.Errorf("network %s: container %q: bridge %s: %w (ports pirun did not add?): %w", b.name, ep.ContainerID, brName, ErrBridgeFull, err)
 		}
 		return fmt.Errorf("network %s: container %q: create veth %s: %w", b.name, ep.ContainerID, ep.HostIf, err)
 	}

@@ -10,6 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -18,12 +21,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrBridgeFull is returned when an allocation would give the bridge more
-// ports than MaxBridgePorts.
+// ErrBridgeFull is returned when a bridge has no free port: the kernel
+// refused one more (ports pirun did not make take room too).
 var ErrBridgeFull = errors.New("bridge has no free port")
 
-// MaxBridgePorts is how many containers one pirun bridge holds. A Linux
-// bridge has 1,024 port numbers (BR_MAX_PORTS); pirun keeps one in reserve.
+// MaxBridgePorts is how many ports one Linux bridge holds: it has 1,024
+// port numbers (BR_MAX_PORTS) and number 0 is never used. Each slice of
+// the subnet (a /22: 1,021 containers) has a bridge of its own, so pirun's
+// bridges stay below it.
 const MaxBridgePorts = 1023
 
 // Defaults of the bridge driver's options.
@@ -46,29 +51,33 @@ type options struct {
 // Option configures NewBridge.
 type Option func(*options)
 
-// WithBridgeName sets the name of the Linux bridge, which is also the
-// network's name in Endpoint.Network and the state directory's name.
-// Default: "pirun0".
+// WithBridgeName sets the network's name: the name of its first bridge, of
+// Endpoint.Network and of its state directory. The bridges of the other
+// slices of the subnet are named NAME-1, NAME-2, …, so the name must leave
+// room for the suffix when the subnet is larger than a /22. Default: "pirun0".
 func WithBridgeName(name string) Option { return func(o *options) { o.bridgeName = name } }
 
-// WithSubnet sets the bridge's IPv4 subnet: the gateway is its first host
-// address, containers get the following ones. It must be a network address
-// (host bits zero) of at most /30. Default: 10.123.0.0/16.
+// WithSubnet sets the network's IPv4 subnet. It is cut into slices of at
+// most a /22, one bridge each; a slice's gateway is its first host address,
+// on its bridge, and its containers get the following ones. It must be a
+// network address (host bits zero) of at most /30. Default: 10.123.0.0/16
+// (64 bridges of 1,021 containers).
 func WithSubnet(p netip.Prefix) Option { return func(o *options) { o.subnet = p } }
 
 // WithLogger sets where the driver logs (debug level: what it created,
 // raised or removed). Default: a logger that discards everything.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
-// Bridge is the bridge driver: one Linux bridge in the network namespace
-// that called NewBridge ("the host"), addresses allocated under stateDir.
-// Its methods may be called from any goroutine and any OS thread, whatever
-// network namespace that thread is in. Several Bridges, in one process or in
-// several, may share a state directory.
+// Bridge is the bridge driver: Linux bridges in the network namespace that
+// called NewBridge ("the host"), one per slice of the subnet in use,
+// addresses allocated under stateDir. Its methods may be called from any
+// goroutine and any OS thread, whatever network namespace that thread is
+// in. Several Bridges, in one process or in several, may share a state
+// directory.
 type Bridge struct {
 	name      string
 	subnet    netip.Prefix
-	gateway   netip.Addr
+	r         addrRange
 	log       *slog.Logger
 	dir       string // stateDir/<name>
 	sysctlDir string
@@ -107,10 +116,17 @@ func NewBridge(stateDir string, opts ...Option) (_ *Bridge, err error) {
 	b := &Bridge{
 		name:      o.bridgeName,
 		subnet:    p,
-		gateway:   p.Addr().Next(),
+		r:         newAddrRange(p),
 		log:       o.logger,
 		dir:       filepath.Join(stateDir, o.bridgeName),
 		sysctlDir: o.sysctlDir,
+	}
+	if last := b.bridgeName(b.r.slices - 1); validIfName(last) != nil {
+		return nil, fmt.Errorf("network %s: subnet %s needs %d bridges, the last named %q, longer than %d characters: shorten the name or the subnet: %w",
+			b.name, p, b.r.slices, last, unix.IFNAMSIZ-1, ErrInvalidConfig)
+	}
+	if b.r.perSlice() > MaxBridgePorts {
+		return nil, fmt.Errorf("network %s: %d containers per bridge, more than the %d ports of a bridge: %w", b.name, b.r.perSlice(), MaxBridgePorts, ErrInvalidConfig)
 	}
 	if err := os.MkdirAll(filepath.Join(b.dir, ipsDir), 0o700); err != nil {
 		return nil, fmt.Errorf("network %s: state directory: %w", b.name, err)
@@ -132,17 +148,46 @@ func (b *Bridge) Close() error {
 	return b.hostNS.Close()
 }
 
-// Name is the bridge's name, e.g. "pirun0".
+// Name is the network's name, which is also its first bridge's, e.g. "pirun0".
 func (b *Bridge) Name() string { return b.name }
 
-// Subnet is the bridge's subnet, e.g. 10.123.0.0/16.
+// Subnet is the network's subnet, e.g. 10.123.0.0/16.
 func (b *Bridge) Subnet() netip.Prefix { return b.subnet }
 
+// Capacity is how many containers the subnet holds: 1,021 per bridge.
+func (b *Bridge) Capacity() int { return b.r.size() }
+
+// bridgeName is the name of slice k's bridge: the network's name for the
+// first, NAME-k for the others.
+func (b *Bridge) bridgeName(k int) string {
+	if k == 0 {
+		return b.name
+	}
+	return b.name + "-" + strconv.Itoa(k)
+}
+
+// sliceOfBridge is the inverse of bridgeName.
+func (b *Bridge) sliceOfBridge(name string) (int, bool) {
+	if name == b.name {
+		return 0, true
+	}
+	num, ok := strings.CutPrefix(name, b.name+"-")
+	if !ok || num == "" || num[0] == '0' {
+		return 0, false
+	}
+	k, err := strconv.Atoi(num)
+	if err != nil || k < 1 || k >= b.r.slices {
+		return 0, false
+	}
+	return k, true
+}
+
 // Allocate reserves one address per container id, in one hold of the state
-// directory's lock, and makes sure the bridge, its gateway address, pirun's
-// iptables rules and the host's neighbour table size are in place. It
-// reserves nothing when the subnet or the bridge has no room for all ids
-// (ErrSubnetFull, ErrBridgeFull), or when the subnet overlaps a route of the
+// directory's lock, and makes sure the bridges of the slices they fall in,
+// their gateway addresses, pirun's iptables rules and the host's neighbour
+// table size are in place. Addresses are taken round-robin, so a slice
+// fills before the next one gets its bridge. It reserves nothing when the
+// subnet has no room for all ids (ErrSubnetFull) or overlaps a route of the
 // host (ErrSubnetOverlap). On failure it undoes what it did.
 func (b *Bridge) Allocate(ctx context.Context, ids []string) (_ []Endpoint, err error) {
 	if len(ids) == 0 {
@@ -162,23 +207,10 @@ func (b *Bridge) Allocate(ctx context.Context, ids []string) (_ []Endpoint, err 
 		return nil, err
 	}
 	n := len(ids)
-	if len(used)+n > MaxBridgePorts {
-		return nil, fmt.Errorf("network %s: allocate %d addresses with %d in use: more than the %d ports a bridge holds: %w",
-			b.name, n, len(used), MaxBridgePorts, ErrBridgeFull)
-	}
-	r := newAddrRange(b.subnet)
-	if free := r.size() - len(used); n > free {
-		return nil, fmt.Errorf("network %s: allocate %d addresses in %s: %d of %d free: %w",
-			b.name, n, b.subnet, free, r.size(), ErrSubnetFull)
-	}
-	if err := b.checkOverlap(); err != nil {
+	if err := b.check(used, n); err != nil {
 		return nil, err
 	}
-	if _, err := exec.LookPath("iptables"); err != nil {
-		return nil, fmt.Errorf("network %s: the iptables binary is not installed (pirun needs it for its forwarding rules): %w", b.name, err)
-	}
-
-	addrs, err := b.reserve(r, used, ids)
+	addrs, err := b.reserve(used, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -188,17 +220,38 @@ func (b *Bridge) Allocate(ctx context.Context, ids []string) (_ []Endpoint, err 
 		}
 	}()
 
-	created, err := b.ensureBridge()
-	if err != nil {
-		return nil, err
+	// The slices the new addresses fall in.
+	var touched []int
+	for _, a := range addrs {
+		if k, _ := b.r.sliceOf(a); !slices.Contains(touched, k) {
+			touched = append(touched, k)
+		}
 	}
+	var created []int
 	defer func() {
-		if err != nil && len(used) == 0 {
-			// Nothing else lives on this network: undo the shared setup too.
-			err = errors.Join(err, b.teardownShared(created))
+		if err != nil {
+			// Undo the setup nobody else uses: the bridges made here and
+			// their rules; when the network was empty, the rules of all
+			// the bridges it touched and what they share. A bridge that
+			// was there is left as it is (an old one may serve containers
+			// in other slices).
+			unruled := created
+			if len(used) == 0 {
+				unruled = touched
+			}
+			err = errors.Join(err, b.teardown(created, unruled, len(used) == 0))
 		}
 	}()
-	if err := b.ensureIptables(); err != nil {
+	for _, k := range touched {
+		made, err := b.ensureBridge(k)
+		if err != nil {
+			return nil, err
+		}
+		if made {
+			created = append(created, k)
+		}
+	}
+	if err := b.ensureIptables(b.bridgeNames(touched)); err != nil {
 		return nil, err
 	}
 	if err := b.raiseNeigh(len(used) + n); err != nil {
@@ -207,16 +260,75 @@ func (b *Bridge) Allocate(ctx context.Context, ids []string) (_ []Endpoint, err 
 
 	eps := make([]Endpoint, n)
 	for i, id := range ids {
+		k, _ := b.r.sliceOf(addrs[i])
 		eps[i] = Endpoint{
-			Network:     b.name,
+			Network:     b.bridgeName(k),
 			ContainerID: id,
-			Address:     netip.PrefixFrom(addrs[i], b.subnet.Bits()),
-			Gateway:     b.gateway,
+			Address:     netip.PrefixFrom(addrs[i], b.r.slicePrefix(k).Bits()),
+			Gateway:     b.r.gateway(k),
 			HostIf:      HostIfName(id),
 		}
 	}
-	b.log.Debug("allocated", "network", b.name, "count", n, "in_use", len(used)+n)
+	b.log.Debug("allocated", "network", b.name, "count", n, "in_use", len(used)+n, "bridges", len(touched))
 	return eps, nil
+}
+
+// Check reports, without reserving anything, whether n more containers
+// fit on the network now: the errors Allocate would return before it
+// changes anything (ErrSubnetFull, ErrSubnetOverlap, no iptables). Callers
+// check before they start anything; Allocate checks again under its lock.
+func (b *Bridge) Check(ctx context.Context, n int) error {
+	unlock, err := b.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	used, err := b.readAllocations()
+	if err != nil {
+		return err
+	}
+	return b.check(used, n)
+}
+
+// check is Check under the lock, with the allocations read.
+func (b *Bridge) check(used map[netip.Addr]struct{}, n int) error {
+	if free := b.r.size() - len(used); n > free {
+		return fmt.Errorf("network %s: %d more containers do not fit in %s: it holds %d (%d bridges of %d), %d in use, %d free: %w",
+			b.name, n, b.subnet, b.r.size(), b.r.slices, b.r.perSlice(), len(used), max(free, 0), ErrSubnetFull)
+	}
+	if err := b.checkOverlap(); err != nil {
+		return err
+	}
+	if _, err := exec.LookPath("iptables"); err != nil {
+		return fmt.Errorf("network %s: the iptables binary is not installed (pirun needs it for its forwarding rules): %w", b.name, err)
+	}
+	return nil
+}
+
+// owns reports whether ep is on one of the network's bridges (or names
+// none: known only by its container).
+func (b *Bridge) owns(ep Endpoint) bool {
+	_, ok := b.sliceOfBridge(ep.Network)
+	return ok || ep.Network == ""
+}
+
+// bySlice counts the allocations in each slice.
+func (b *Bridge) bySlice(used map[netip.Addr]struct{}) map[int]int {
+	m := map[int]int{}
+	for a := range used {
+		if k, ok := b.r.sliceOf(a); ok {
+			m[k]++
+		}
+	}
+	return m
+}
+
+func (b *Bridge) bridgeNames(ks []int) []string {
+	names := make([]string, len(ks))
+	for i, k := range ks {
+		names[i] = b.bridgeName(k)
+	}
+	return names
 }
 
 func (b *Bridge) checkIDs(ids []string) error {
@@ -237,13 +349,9 @@ func (b *Bridge) checkIDs(ids []string) error {
 	return nil
 }
 
-// checkOverlap refuses a subnet that overlaps a route of the host other than
-// the bridge's own.
+// checkOverlap refuses a subnet that overlaps a route of the host other
+// than those of the network's own bridges.
 func (b *Bridge) checkOverlap() error {
-	brIndex := 0
-	if l, err := b.nl.LinkByName(b.name); err == nil {
-		brIndex = l.Attrs().Index
-	}
 	routes, err := retryDump(func() ([]netlink.Route, error) {
 		return b.nl.RouteList(nil, netlink.FAMILY_V4)
 	})
@@ -251,32 +359,35 @@ func (b *Bridge) checkOverlap() error {
 		return fmt.Errorf("network %s: list routes: %w", b.name, err)
 	}
 	for _, rt := range routes {
-		if rt.Dst == nil || (brIndex != 0 && rt.LinkIndex == brIndex) {
+		if rt.Dst == nil {
 			continue
 		}
 		dst, ok := prefixOf(rt.Dst)
-		if !ok || dst.Bits() == 0 {
+		if !ok || dst.Bits() == 0 || !dst.Overlaps(b.subnet) {
 			continue // a default route overlaps everything
 		}
-		if dst.Overlaps(b.subnet) {
-			dev := ""
-			if l, err := b.nl.LinkByIndex(rt.LinkIndex); err == nil {
-				dev = " dev " + l.Attrs().Name
+		dev := ""
+		if l, err := b.nl.LinkByIndex(rt.LinkIndex); err == nil {
+			dev = l.Attrs().Name
+			if _, ours := b.sliceOfBridge(dev); ours {
+				continue
 			}
-			return fmt.Errorf("network %s: subnet %s overlaps route %s%s: %w", b.name, b.subnet, dst, dev, ErrSubnetOverlap)
+			dev = " dev " + dev
 		}
+		return fmt.Errorf("network %s: subnet %s overlaps route %s%s: %w", b.name, b.subnet, dst, dev, ErrSubnetOverlap)
 	}
 	return nil
 }
 
-// ensureBridge makes sure the bridge exists, is a bridge, holds the gateway
-// address and is up. created reports whether it made the link; on error it
-// removes what it made.
-func (b *Bridge) ensureBridge() (created bool, err error) {
-	link, err := b.nl.LinkByName(b.name)
+// ensureBridge makes sure slice k's bridge exists, is a bridge, holds the
+// slice's gateway address and is up. created reports whether it made the
+// link; on error it removes what it made.
+func (b *Bridge) ensureBridge(k int) (created bool, err error) {
+	name := b.bridgeName(k)
+	link, err := b.nl.LinkByName(name)
 	if isLinkNotFound(err) {
 		attrs := netlink.NewLinkAttrs()
-		attrs.Name = b.name
+		attrs.Name = name
 		// A MAC set at creation is kept: the bridge does not take its
 		// lowest port's address, which would change as ports come and go.
 		attrs.HardwareAddr = randomMAC()
@@ -284,31 +395,31 @@ func (b *Bridge) ensureBridge() (created bool, err error) {
 		switch {
 		case err == nil:
 			created = true
-			b.log.Debug("created bridge", "network", b.name)
+			b.log.Debug("created bridge", "network", b.name, "bridge", name)
 		case errors.Is(err, unix.EEXIST):
 		default:
-			return false, fmt.Errorf("network %s: create bridge: %w", b.name, err)
+			return false, fmt.Errorf("network %s: create bridge %s: %w", b.name, name, err)
 		}
-		link, err = b.nl.LinkByName(b.name)
+		link, err = b.nl.LinkByName(name)
 	}
 	if err != nil {
-		return false, fmt.Errorf("network %s: look up bridge: %w", b.name, err)
+		return false, fmt.Errorf("network %s: look up bridge %s: %w", b.name, name, err)
 	}
 	defer func() {
 		if err != nil && created {
-			if derr := b.deleteBridge(); derr != nil {
+			if derr := b.deleteBridge(name); derr != nil {
 				err = errors.Join(err, derr)
 			}
 		}
 	}()
 	if _, ok := link.(*netlink.Bridge); !ok {
-		return created, fmt.Errorf("network %s: link %s is a %s, not a bridge: %w", b.name, b.name, link.Type(), ErrInvalidConfig)
+		return created, fmt.Errorf("network %s: link %s is a %s, not a bridge: %w", b.name, name, link.Type(), ErrInvalidConfig)
 	}
 	addrs, err := retryDump(func() ([]netlink.Addr, error) { return b.nl.AddrList(link, netlink.FAMILY_V4) })
 	if err != nil {
-		return created, fmt.Errorf("network %s: list bridge addresses: %w", b.name, err)
+		return created, fmt.Errorf("network %s: list addresses of bridge %s: %w", b.name, name, err)
 	}
-	want := netip.PrefixFrom(b.gateway, b.subnet.Bits())
+	want := netip.PrefixFrom(b.r.gateway(k), b.r.slicePrefix(k).Bits())
 	found := false
 	for _, a := range addrs {
 		p, ok := prefixOf(a.IPNet)
@@ -319,53 +430,56 @@ func (b *Bridge) ensureBridge() (created bool, err error) {
 			found = true
 			continue
 		}
-		return created, fmt.Errorf("network %s: bridge has address %s, want %s (was it made with another subnet?): %w", b.name, p, want, ErrInvalidConfig)
+		return created, fmt.Errorf("network %s: bridge %s has address %s, want %s (made with another subnet, or by a pirun before bridges had slices: remove its containers first): %w",
+			b.name, name, p, want, ErrInvalidConfig)
 	}
 	if !found {
-		gw := &netlink.Addr{IPNet: &net.IPNet{IP: b.gateway.AsSlice(), Mask: net.CIDRMask(b.subnet.Bits(), 32)}}
+		gw := &netlink.Addr{IPNet: ipNet(want)}
 		if err := b.nl.AddrAdd(link, gw); err != nil && !errors.Is(err, unix.EEXIST) {
-			return created, fmt.Errorf("network %s: add gateway %s: %w", b.name, want, err)
+			return created, fmt.Errorf("network %s: add gateway %s to bridge %s: %w", b.name, want, name, err)
 		}
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		if err := b.nl.LinkSetUp(link); err != nil {
-			return created, fmt.Errorf("network %s: set bridge up: %w", b.name, err)
+			return created, fmt.Errorf("network %s: set bridge %s up: %w", b.name, name, err)
 		}
 	}
 	return created, nil
 }
 
-// deleteBridge removes the bridge; a missing bridge is success.
-func (b *Bridge) deleteBridge() error {
-	link, err := b.nl.LinkByName(b.name)
+// deleteBridge removes a bridge of the network; a missing bridge is success.
+func (b *Bridge) deleteBridge(name string) error {
+	link, err := b.nl.LinkByName(name)
 	if isLinkNotFound(err) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("network %s: look up bridge: %w", b.name, err)
+		return fmt.Errorf("network %s: look up bridge %s: %w", b.name, name, err)
 	}
 	if _, ok := link.(*netlink.Bridge); !ok {
-		return fmt.Errorf("network %s: link %s is a %s, not a bridge: left alone: %w", b.name, b.name, link.Type(), ErrInvalidConfig)
+		return fmt.Errorf("network %s: link %s is a %s, not a bridge: left alone: %w", b.name, name, link.Type(), ErrInvalidConfig)
 	}
 	if err := b.nl.LinkDel(link); err != nil && !isLinkNotFound(err) {
-		return fmt.Errorf("network %s: delete bridge: %w", b.name, err)
+		return fmt.Errorf("network %s: delete bridge %s: %w", b.name, name, err)
 	}
-	b.log.Debug("deleted bridge", "network", b.name)
+	b.log.Debug("deleted bridge", "network", b.name, "bridge", name)
 	return nil
 }
 
 // Release frees the endpoints' addresses and deletes their host veths. An
 // endpoint with only a ContainerID frees whatever address that container
-// holds (found by a scan of the allocations). It is idempotent: a veth or an address already gone is success, and an address
-// now owned by another container is left alone. When no address remains it
-// removes the bridge, pirun's iptables rules and restores the sysctls it
-// raised. It goes on past a failure and returns all of them joined.
+// holds (found by a scan of the allocations). It is idempotent: a veth or
+// an address already gone is success, and an address now owned by another
+// container is left alone. A bridge whose slice has no address left is
+// removed with its iptables rules; with the last address of the network,
+// pirun's chain goes too and the sysctls it raised are restored. It goes on
+// past a failure and returns all of them joined.
 func (b *Bridge) Release(ctx context.Context, eps []Endpoint) error {
 	var errs []error
 	// Deleting links is slow (an RCU grace period each): do it unlocked.
 	for _, ep := range eps {
-		if ep.Network != "" && ep.Network != b.name {
-			errs = append(errs, fmt.Errorf("network %s: container %q: endpoint belongs to network %q: %w", b.name, ep.ContainerID, ep.Network, ErrInvalidConfig))
+		if !b.owns(ep) {
+			errs = append(errs, fmt.Errorf("network %s: container %q: endpoint is on bridge %q, not one of this network's: %w", b.name, ep.ContainerID, ep.Network, ErrInvalidConfig))
 			continue
 		}
 		if ep.HostIf == "" && ep.ContainerID != "" {
@@ -380,13 +494,20 @@ func (b *Bridge) Release(ctx context.Context, eps []Endpoint) error {
 		return errors.Join(append(errs, err)...)
 	}
 	defer unlock()
+	touched := map[int]bool{}
 	lost := map[string]bool{}
+	free := func(ep Endpoint) {
+		errs = append(errs, b.free(ep))
+		if k, ok := b.r.sliceOf(ep.Address.Addr()); ok {
+			touched[k] = true
+		}
+	}
 	for _, ep := range eps {
-		if ep.Network != "" && ep.Network != b.name {
+		if !b.owns(ep) {
 			continue
 		}
 		if ep.Address.IsValid() {
-			errs = append(errs, b.free(ep))
+			free(ep)
 		} else if ep.ContainerID != "" {
 			lost[ep.ContainerID] = true
 		}
@@ -397,29 +518,47 @@ func (b *Bridge) Release(ctx context.Context, eps []Endpoint) error {
 		found, err := b.ownedBy(lost)
 		errs = append(errs, err)
 		for _, ep := range found {
-			errs = append(errs, b.free(ep))
+			free(ep)
 		}
 	}
 	used, err := b.readAllocations()
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
+	left := b.bySlice(used)
 	if len(used) == 0 {
-		errs = append(errs, b.teardownShared(true))
+		touched[0] = true // the first bridge goes with the network, whoever made it
+	}
+	var empty []int
+	for k := range touched {
+		if left[k] == 0 {
+			empty = append(empty, k)
+		}
+	}
+	slices.Sort(empty)
+	if len(empty) > 0 {
+		errs = append(errs, b.teardown(empty, empty, len(used) == 0))
 	}
 	return errors.Join(errs...)
 }
 
-// teardownShared removes what the network's containers share: the bridge
-// (if removeBridge), the iptables rules and the raised sysctls.
-func (b *Bridge) teardownShared(removeBridge bool) error {
+// teardown deletes the bridges of slices del and the iptables rules of
+// slices unruled; with all, also what the network's bridges share: the
+// iptables chain (when no other network has rules in it), the sysctls
+// pirun raised and the allocation hint. Call it under the lock.
+func (b *Bridge) teardown(del, unruled []int, all bool) error {
 	var errs []error
-	if removeBridge {
-		errs = append(errs, b.deleteBridge())
+	for _, k := range del {
+		errs = append(errs, b.deleteBridge(b.bridgeName(k)))
 	}
-	errs = append(errs, b.removeIptables(), b.restoreNeigh())
-	if err := os.Remove(filepath.Join(b.dir, hintFile)); err != nil && !os.IsNotExist(err) {
-		errs = append(errs, fmt.Errorf("network %s: %w", b.name, err))
+	if len(unruled) > 0 || all {
+		errs = append(errs, b.removeIptables(b.bridgeNames(unruled)))
+	}
+	if all {
+		errs = append(errs, b.restoreNeigh())
+		if err := os.Remove(filepath.Join(b.dir, hintFile)); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, fmt.Errorf("network %s: %w", b.name, err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -188,16 +188,13 @@ func iptablesState(t *testing.T) (rules []string, jump bool) {
 // assertClean checks that nothing of the network is left.
 func assertClean(t *testing.T, dir, name string) {
 	t.Helper()
-	if _, err := netlink.LinkByName(name); err == nil {
-		t.Errorf("bridge %s still exists", name)
-	}
 	links, err := netlink.LinkList()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range links {
-		if strings.HasPrefix(l.Attrs().Name, "pr") {
-			t.Errorf("link %s left behind", l.Attrs().Name)
+		if n := l.Attrs().Name; n == name || strings.HasPrefix(n, name+"-") || strings.HasPrefix(n, "pr") {
+			t.Errorf("link %s left behind", n)
 		}
 	}
 	if rules, jump := iptablesState(t); rules != nil || jump {
@@ -227,7 +224,7 @@ func TestAllocateReleaseRoundTrip(t *testing.T) {
 			want := Endpoint{
 				Network:     "pirun0",
 				ContainerID: ids[i],
-				Address:     netip.MustParsePrefix(fmt.Sprintf("10.123.0.%d/16", i+2)),
+				Address:     netip.MustParsePrefix(fmt.Sprintf("10.123.0.%d/22", i+2)),
 				Gateway:     netip.MustParseAddr("10.123.0.1"),
 				HostIf:      "pr" + ids[i][:10],
 			}
@@ -247,8 +244,8 @@ func TestAllocateReleaseRoundTrip(t *testing.T) {
 			t.Error("bridge is down")
 		}
 		addrs, _ := netlink.AddrList(br, netlink.FAMILY_V4)
-		if len(addrs) != 1 || addrs[0].IPNet.String() != "10.123.0.1/16" {
-			t.Errorf("bridge addresses %v, want 10.123.0.1/16", addrs)
+		if len(addrs) != 1 || addrs[0].IPNet.String() != "10.123.0.1/22" {
+			t.Errorf("bridge addresses %v, want 10.123.0.1/22", addrs)
 		}
 		rules, jump := iptablesState(t)
 		wantRules := []string{"-N PIRUN-FORWARD", "-A PIRUN-FORWARD -i pirun0 -j ACCEPT", "-A PIRUN-FORWARD -o pirun0 -j ACCEPT"}
@@ -263,8 +260,8 @@ func TestAllocateReleaseRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := eps2[0].Address.String(); got != "10.123.0.5/16" {
-			t.Errorf("second Bridge allocated %s, want 10.123.0.5/16", got)
+		if got := eps2[0].Address.String(); got != "10.123.0.5/22" {
+			t.Errorf("second Bridge allocated %s, want 10.123.0.5/22", got)
 		}
 		if rules2, _ := iptablesState(t); !slices.Equal(rules2, wantRules) {
 			t.Errorf("iptables after second Allocate: %q", rules2)
@@ -339,17 +336,133 @@ func TestAllocateSubnetFull(t *testing.T) {
 	})
 }
 
-func TestAllocateBridgeFull(t *testing.T) {
+// TestAllocateAcrossBridges fills the first slice's bridge and goes on to
+// the next one, which has its own gateway and rules and is reached from the
+// host by its own route; the last release on a bridge removes it.
+func TestAllocateAcrossBridges(t *testing.T) {
 	inTestNS(t, func(netns.NsHandle) {
+		ctx := context.Background()
 		dir := t.TempDir()
 		b := newBridge(t, dir)
-		_, err := b.Allocate(context.Background(), testIDs("a", MaxBridgePorts+1))
-		if !errors.Is(err, ErrBridgeFull) || !strings.Contains(err.Error(), "pirun0") || !strings.Contains(err.Error(), "1023") {
-			t.Fatalf("Allocate 1024: %v, want ErrBridgeFull naming the bridge and the limit", err)
+		if b.Capacity() != 64*1021 {
+			t.Errorf("capacity %d, want 64 bridges of 1021", b.Capacity())
 		}
-		if a := allocations(t, dir, "pirun0"); len(a) != 0 {
-			t.Errorf("reserved %d addresses", len(a))
+		eps, err := b.Allocate(ctx, testIDs("a", 1021+5))
+		if err != nil {
+			t.Fatal(err)
 		}
+		first, second := eps[:1021], eps[1021:]
+		if last := first[len(first)-1]; last.Network != "pirun0" || last.Address.String() != "10.123.3.254/22" || last.Gateway.String() != "10.123.0.1" {
+			t.Errorf("last endpoint of the first bridge: %+v", last)
+		}
+		if ep := second[0]; ep.Network != "pirun0-1" || ep.Address.String() != "10.123.4.2/22" || ep.Gateway.String() != "10.123.4.1" {
+			t.Errorf("first endpoint of the second bridge: %+v", ep)
+		}
+		br1, err := netlink.LinkByName("pirun0-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if addrs, _ := netlink.AddrList(br1, netlink.FAMILY_V4); len(addrs) != 1 || addrs[0].IPNet.String() != "10.123.4.1/22" {
+			t.Errorf("pirun0-1 addresses %v, want 10.123.4.1/22", addrs)
+		}
+		rules, jump := iptablesState(t)
+		want := []string{"-N PIRUN-FORWARD",
+			"-A PIRUN-FORWARD -i pirun0 -j ACCEPT", "-A PIRUN-FORWARD -o pirun0 -j ACCEPT",
+			"-A PIRUN-FORWARD -i pirun0-1 -j ACCEPT", "-A PIRUN-FORWARD -o pirun0-1 -j ACCEPT"}
+		if !slices.Equal(rules, want) || !jump {
+			t.Errorf("iptables %q, jump %v; want %q", rules, jump, want)
+		}
+		// One container on each bridge, both reached from the host.
+		for _, ep := range []Endpoint{first[7], second[3]} {
+			ns, path := newNS(t)
+			defer ns.Close()
+			if err := b.Attach(ctx, ep, path); err != nil {
+				t.Fatal(err)
+			}
+			mustReach(t, 0, ns, ep.Address.Addr(), "host to "+ep.Address.String()+" on "+ep.Network)
+		}
+		// A full subnet is refused before anything is reserved.
+		if _, err := b.Allocate(ctx, testIDs("b", b.Capacity())); !errors.Is(err, ErrSubnetFull) || !strings.Contains(err.Error(), "64 bridges of 1021") {
+			t.Errorf("Allocate past the subnet: %v, want ErrSubnetFull explaining the bridges", err)
+		}
+		if err := b.Check(ctx, b.Capacity()-len(eps)+1); !errors.Is(err, ErrSubnetFull) {
+			t.Errorf("Check one too many: %v, want ErrSubnetFull", err)
+		}
+		if err := b.Check(ctx, b.Capacity()-len(eps)); err != nil {
+			t.Errorf("Check exactly the free room: %v", err)
+		}
+		if got := len(allocations(t, dir, "pirun0")); got != len(eps) {
+			t.Errorf("%d allocations, want %d", got, len(eps))
+		}
+
+		// The last release on the second bridge removes it and its rules.
+		if err := b.Release(ctx, second); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := netlink.LinkByName("pirun0-1"); err == nil {
+			t.Error("pirun0-1 left after its last release")
+		}
+		if _, err := netlink.LinkByName("pirun0"); err != nil {
+			t.Errorf("pirun0 gone while it has containers: %v", err)
+		}
+		if rules, _ := iptablesState(t); !slices.Equal(rules, want[:3]) {
+			t.Errorf("iptables after pirun0-1 went: %q", rules)
+		}
+		if err := b.Release(ctx, first); err != nil {
+			t.Fatal(err)
+		}
+		assertClean(t, dir, "pirun0")
+	})
+}
+
+// Records written before subnets had slices (address /16 outside the first
+// /22, the bridge holding 10.123.0.1/16) are still released, and the old bridge is
+// refused with a clear error rather than mixed with the new layout.
+func TestLegacyEndpoint(t *testing.T) {
+	inTestNS(t, func(netns.NsHandle) {
+		ctx := context.Background()
+		dir := t.TempDir()
+		b := newBridge(t, dir)
+		id := testIDs("l", 1)[0]
+		if err := os.MkdirAll(filepath.Join(dir, "pirun0", ipsDir), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "pirun0", ipsDir, "10.123.5.7"), []byte(id), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = "pirun0"
+		old := &netlink.Bridge{LinkAttrs: attrs}
+		if err := netlink.LinkAdd(old); err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.AddrAdd(old, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("10.123.0.1/16"))}); err != nil {
+			t.Fatal(err)
+		}
+		netlink.LinkSetUp(old)
+		if err := b.ensureIptables([]string{"pirun0"}); err != nil {
+			t.Fatal(err)
+		}
+		var ep Endpoint
+		legacy := `{"network":"pirun0","container_id":"` + id + `","address":"10.123.5.7/16","gateway":"10.123.0.1","host_if":"pr` + id[:10] + `"}`
+		if err := json.Unmarshal([]byte(legacy), &ep); err != nil {
+			t.Fatal(err)
+		}
+
+		_, err := b.Allocate(ctx, testIDs("n", 1))
+		if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "before bridges had slices") {
+			t.Errorf("Allocate next to an old bridge: %v, want ErrInvalidConfig explaining it", err)
+		}
+		if got := allocations(t, dir, "pirun0"); len(got) != 1 {
+			t.Errorf("allocations after the refused Allocate: %v", got)
+		}
+		if rules, jump := iptablesState(t); len(rules) != 3 || !jump {
+			t.Errorf("the refused Allocate touched the old rules: %q, %v", rules, jump)
+		}
+		if err := b.Release(ctx, []Endpoint{ep}); err != nil {
+			t.Fatal(err)
+		}
+		assertClean(t, dir, "pirun0")
 	})
 }
 

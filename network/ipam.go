@@ -25,55 +25,95 @@ const (
 	sysctlFile = "sysctl.json"
 )
 
-// addrRange is the container part of a subnet: from the address after the
-// gateway to the one before the broadcast address.
+// sliceBits is the prefix length of one bridge's share of the subnet: a
+// /22 holds 1,024 addresses, 1,021 of them for containers (its network
+// address, its gateway and its broadcast address are taken), which fits in
+// the 1,023 ports of a Linux bridge. A subnet of /22 or smaller is one slice.
+const sliceBits = 22
+
+// addrRange is the container part of a subnet cut into slices of equal
+// size, one per bridge: in each slice, the addresses after the gateway (its
+// first host address) up to the one before its broadcast address.
 type addrRange struct {
-	first, last uint32
+	base   uint32 // the subnet's network address
+	span   uint64 // addresses in the subnet
+	slice  uint64 // addresses in one slice
+	slices int
 }
 
 func newAddrRange(p netip.Prefix) addrRange {
-	network := u32(p.Masked().Addr())
-	broadcast := network | (1<<(32-p.Bits()) - 1)
-	return addrRange{first: network + 2, last: broadcast - 1}
+	bits := max(p.Bits(), sliceBits)
+	r := addrRange{base: u32(p.Masked().Addr()), span: 1 << (32 - p.Bits()), slice: 1 << (32 - bits)}
+	r.slices = int(r.span / r.slice)
+	return r
 }
 
-func (r addrRange) size() int {
-	if r.last < r.first {
-		return 0
-	}
-	return int(r.last-r.first) + 1
-}
+// perSlice is how many container addresses one slice holds.
+func (r addrRange) perSlice() int { return int(r.slice) - 3 }
 
-func (r addrRange) contains(a netip.Addr) bool {
+// size is how many container addresses the whole range holds.
+func (r addrRange) size() int { return r.slices * r.perSlice() }
+
+// sliceOf returns the slice an address of the subnet belongs to.
+func (r addrRange) sliceOf(a netip.Addr) (int, bool) {
 	if !a.Is4() {
+		return 0, false
+	}
+	off := uint64(u32(a) - r.base)
+	if u32(a) < r.base || off >= r.span {
+		return 0, false
+	}
+	return int(off / r.slice), true
+}
+
+// contains reports whether a is a container address: in the subnet, and
+// neither a slice's network, gateway nor broadcast address.
+func (r addrRange) contains(a netip.Addr) bool {
+	if _, ok := r.sliceOf(a); !ok {
 		return false
 	}
-	v := u32(a)
-	return v >= r.first && v <= r.last
+	return r.usable(uint64(u32(a) - r.base))
 }
 
-// candidates yields every address of r once, round-robin: starting after
-// hint and wrapping around, like CNI host-local. An invalid hint or one
-// outside r starts at the beginning.
+func (r addrRange) usable(off uint64) bool {
+	in := off % r.slice
+	return in > 1 && in < r.slice-1
+}
+
+// slicePrefix and gateway describe slice k.
+func (r addrRange) slicePrefix(k int) netip.Prefix {
+	bits := 32 - bitsLen(r.slice)
+	return netip.PrefixFrom(addrOf(r.base+uint32(uint64(k)*r.slice)), bits)
+}
+
+func (r addrRange) gateway(k int) netip.Addr { return r.slicePrefix(k).Addr().Next() }
+
+func bitsLen(n uint64) int {
+	b := 0
+	for n > 1 {
+		n >>= 1
+		b++
+	}
+	return b
+}
+
+// candidates yields every container address of r once, round-robin:
+// starting after hint and wrapping around, like CNI host-local, so slices
+// fill one after the other. An invalid hint or one outside r starts at the
+// beginning.
 func (r addrRange) candidates(hint netip.Addr) iter.Seq[netip.Addr] {
 	return func(yield func(netip.Addr) bool) {
-		n := r.size()
-		if n == 0 {
-			return
+		start := uint64(0)
+		if _, ok := r.sliceOf(hint); ok {
+			start = (uint64(u32(hint)-r.base) + 1) % r.span
 		}
-		start := r.first
-		if r.contains(hint) && u32(hint) != r.last {
-			start = u32(hint) + 1
-		}
-		v := start
-		for range n {
-			if !yield(addrOf(v)) {
+		off := start
+		for range r.span {
+			if r.usable(off) && !yield(addrOf(r.base+uint32(off))) {
 				return
 			}
-			if v == r.last {
-				v = r.first
-			} else {
-				v++
+			if off++; off == r.span {
+				off = 0
 			}
 		}
 	}
@@ -94,15 +134,16 @@ func (b *Bridge) readAllocations() (map[netip.Addr]struct{}, error) {
 	if err != nil && !os.IsNotExist(err) {
 		return nil, fmt.Errorf("network %s: read allocations: %w", b.name, err)
 	}
-	r := newAddrRange(b.subnet)
 	used := make(map[netip.Addr]struct{}, len(entries))
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), ".") {
 			continue // a temporary file
 		}
+		// Any address of the subnet counts: one that is now a slice's
+		// gateway was a container's when the subnet was a single bridge.
 		a, err := netip.ParseAddr(e.Name())
-		if err != nil || !r.contains(a) {
-			return nil, fmt.Errorf("network %s: allocation %s is not a container address of %s (was the state made with another subnet?): %w",
+		if _, ok := b.r.sliceOf(a); err != nil || !ok {
+			return nil, fmt.Errorf("network %s: allocation %s is not an address of %s (was the state made with another subnet?): %w",
 				b.name, e.Name(), b.subnet, ErrInvalidConfig)
 		}
 		used[a] = struct{}{}
@@ -113,7 +154,7 @@ func (b *Bridge) readAllocations() (map[netip.Addr]struct{}, error) {
 // reserve takes len(ids) free addresses, round-robin from the hint, and
 // records the last one as the new hint. Call it under the lock. On error it
 // frees what it took.
-func (b *Bridge) reserve(r addrRange, used map[netip.Addr]struct{}, ids []string) (addrs []netip.Addr, err error) {
+func (b *Bridge) reserve(used map[netip.Addr]struct{}, ids []string) (addrs []netip.Addr, err error) {
 	defer func() {
 		if err != nil {
 			b.unreserve(addrs)
@@ -121,7 +162,7 @@ func (b *Bridge) reserve(r addrRange, used map[netip.Addr]struct{}, ids []string
 		}
 	}()
 	hint := b.readHint()
-	for a := range r.candidates(hint) {
+	for a := range b.r.candidates(hint) {
 		if len(addrs) == len(ids) {
 			break
 		}
@@ -184,7 +225,8 @@ func (b *Bridge) ownedBy(ids map[string]bool) ([]Endpoint, error) {
 			continue // freed meanwhile
 		}
 		if id := string(data); ids[id] {
-			eps = append(eps, Endpoint{Network: b.name, ContainerID: id, Address: netip.PrefixFrom(a, b.subnet.Bits())})
+			k, _ := b.r.sliceOf(a)
+			eps = append(eps, Endpoint{Network: b.bridgeName(k), ContainerID: id, Address: netip.PrefixFrom(a, b.r.slicePrefix(k).Bits())})
 		}
 	}
 	return eps, nil

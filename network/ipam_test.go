@@ -48,15 +48,86 @@ func TestAddrRangeSizes(t *testing.T) {
 	for _, tc := range []struct {
 		prefix      string
 		size        int
+		slices      int
 		first, last string
 	}{
-		{"10.123.0.0/16", 65533, "10.123.0.2", "10.123.255.254"},
-		{"10.0.0.0/30", 1, "10.0.0.2", "10.0.0.2"},
-		{"172.16.4.0/24", 253, "172.16.4.2", "172.16.4.254"},
+		{"10.123.0.0/16", 64 * 1021, 64, "10.123.0.2", "10.123.255.254"},
+		{"10.0.0.0/21", 2 * 1021, 2, "10.0.0.2", "10.0.7.254"},
+		{"10.0.0.0/22", 1021, 1, "10.0.0.2", "10.0.3.254"},
+		{"10.0.0.0/30", 1, 1, "10.0.0.2", "10.0.0.2"},
+		{"172.16.4.0/24", 253, 1, "172.16.4.2", "172.16.4.254"},
 	} {
 		r := newAddrRange(netip.MustParsePrefix(tc.prefix))
-		if r.size() != tc.size || addrOf(r.first).String() != tc.first || addrOf(r.last).String() != tc.last {
-			t.Errorf("%s: size %d, %s..%s; want %d, %s..%s", tc.prefix, r.size(), addrOf(r.first), addrOf(r.last), tc.size, tc.first, tc.last)
+		all := collect(r, netip.Addr{})
+		if r.size() != tc.size || r.slices != tc.slices || len(all) != tc.size || all[0] != tc.first || all[len(all)-1] != tc.last {
+			t.Errorf("%s: size %d, %d slices, %d candidates %s..%s; want %d, %d, %s..%s",
+				tc.prefix, r.size(), r.slices, len(all), all[0], all[len(all)-1], tc.size, tc.slices, tc.first, tc.last)
+		}
+	}
+}
+
+func TestSlices(t *testing.T) {
+	r := newAddrRange(netip.MustParsePrefix("10.123.0.0/16"))
+	for k, want := range map[int][2]string{0: {"10.123.0.0/22", "10.123.0.1"}, 1: {"10.123.4.0/22", "10.123.4.1"}, 63: {"10.123.252.0/22", "10.123.252.1"}} {
+		if p, gw := r.slicePrefix(k).String(), r.gateway(k).String(); p != want[0] || gw != want[1] {
+			t.Errorf("slice %d: %s gateway %s, want %s gateway %s", k, p, gw, want[0], want[1])
+		}
+	}
+	for addr, want := range map[string]struct {
+		slice     int
+		inSubnet  bool
+		container bool
+	}{
+		"10.123.0.1":   {0, true, false}, // gateway of slice 0
+		"10.123.3.254": {0, true, true},
+		"10.123.3.255": {0, true, false}, // broadcast of slice 0
+		"10.123.4.0":   {1, true, false}, // network of slice 1
+		"10.123.4.1":   {1, true, false},
+		"10.123.4.2":   {1, true, true},
+		"10.124.0.2":   {0, false, false},
+		"10.122.255.2": {0, false, false},
+	} {
+		a := netip.MustParseAddr(addr)
+		k, ok := r.sliceOf(a)
+		if ok != want.inSubnet || (ok && k != want.slice) || r.contains(a) != want.container {
+			t.Errorf("%s: slice %d %v, container %v; want %d %v, %v", addr, k, ok, r.contains(a), want.slice, want.inSubnet, want.container)
+		}
+	}
+	// Round-robin goes from one slice into the next, and wraps at the end.
+	var got []string
+	for a := range r.candidates(netip.MustParseAddr("10.123.3.253")) {
+		if got = append(got, a.String()); len(got) == 3 {
+			break
+		}
+	}
+	if want := []string{"10.123.3.254", "10.123.4.2", "10.123.4.3"}; !slices.Equal(got, want) {
+		t.Errorf("candidates across slices %v, want %v", got, want)
+	}
+	for a := range r.candidates(netip.MustParseAddr("10.123.255.254")) {
+		if a.String() != "10.123.0.2" {
+			t.Errorf("after the last address: %s, want 10.123.0.2", a)
+		}
+		break
+	}
+}
+
+func TestBridgeNames(t *testing.T) {
+	b, err := NewBridge(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for k, name := range map[int]string{0: "pirun0", 1: "pirun0-1", 63: "pirun0-63"} {
+		if got := b.bridgeName(k); got != name {
+			t.Errorf("bridgeName(%d) = %q, want %q", k, got, name)
+		}
+		if got, ok := b.sliceOfBridge(name); !ok || got != k {
+			t.Errorf("sliceOfBridge(%q) = %d, %v", name, got, ok)
+		}
+	}
+	for _, name := range []string{"pirun0-64", "pirun0-0", "pirun0-01", "pirun0-", "pirun01", "pirun1", "pirun0-x"} {
+		if k, ok := b.sliceOfBridge(name); ok {
+			t.Errorf("sliceOfBridge(%q) = %d, want not one of the network's bridges", name, k)
 		}
 	}
 }
@@ -98,6 +169,8 @@ func TestNewBridgeRejectsBadConfig(t *testing.T) {
 		{WithSubnet(netip.MustParsePrefix("fd00::/64"))},
 		{WithBridgeName("a-name-that-is-too-long")},
 		{WithBridgeName("a/b")},
+		// 64 bridges: the last, "pirun-network-63", is too long.
+		{WithBridgeName("pirun-network"), WithSubnet(netip.MustParsePrefix("10.9.0.0/16"))},
 	} {
 		b, err := NewBridge(t.TempDir(), opts...)
 		if !errors.Is(err, ErrInvalidConfig) {

@@ -13,10 +13,10 @@ import (
 // -o <bridge> -j ACCEPT.
 const forwardChain = "PIRUN-FORWARD"
 
-func (b *Bridge) forwardRules() [][]string {
+func forwardRules(bridge string) [][]string {
 	return [][]string{
-		{"-i", b.name, "-j", "ACCEPT"},
-		{"-o", b.name, "-j", "ACCEPT"},
+		{"-i", bridge, "-j", "ACCEPT"},
+		{"-o", bridge, "-j", "ACCEPT"},
 	}
 }
 
@@ -42,12 +42,12 @@ func isNotExist(err error) bool {
 	return errors.As(err, &e) && e.IsNotExist()
 }
 
-// ensureIptables makes sure PIRUN-FORWARD exists, accepts the bridge's
+// ensureIptables makes sure PIRUN-FORWARD exists, accepts the bridges'
 // traffic and is jumped to from FORWARD, once, at position 1.
 //
 // Chains are checked with ChainExists: iptables-nft 1.8.9 answers -S on a
 // missing chain with "incompatible", not "no such chain".
-func (b *Bridge) ensureIptables() error {
+func (b *Bridge) ensureIptables(bridges []string) error {
 	err := b.inHost(func() error {
 		ipt, err := b.iptablesHandle()
 		if err != nil {
@@ -67,9 +67,11 @@ func (b *Bridge) ensureIptables() error {
 				b.log.Debug("created iptables chain", "network", b.name, "chain", forwardChain)
 			}
 		}
-		for _, spec := range b.forwardRules() {
-			if err := ipt.AppendUnique("filter", forwardChain, spec...); err != nil {
-				return fmt.Errorf("add rule %q to %s: %w", strings.Join(spec, " "), forwardChain, err)
+		for _, br := range bridges {
+			for _, spec := range forwardRules(br) {
+				if err := ipt.AppendUnique("filter", forwardChain, spec...); err != nil {
+					return fmt.Errorf("add rule %q to %s: %w", strings.Join(spec, " "), forwardChain, err)
+				}
 			}
 		}
 		if ok, err = ipt.Exists("filter", "FORWARD", jumpRule...); err != nil {
@@ -88,9 +90,9 @@ func (b *Bridge) ensureIptables() error {
 	return nil
 }
 
-// removeIptables removes the bridge's rules, and the chain and its jump
+// removeIptables removes the bridges' rules, and the chain and its jump
 // when no other bridge has rules left in it. What is gone is success.
-func (b *Bridge) removeIptables() error {
+func (b *Bridge) removeIptables(bridges []string) error {
 	if err := b.inHost(func() error {
 		ipt, err := b.iptablesHandle()
 		if err != nil {
@@ -102,9 +104,11 @@ func (b *Bridge) removeIptables() error {
 		}
 		var errs []error
 		if ok {
-			for _, spec := range b.forwardRules() {
-				if err := ipt.Delete("filter", forwardChain, spec...); err != nil && !isNotExist(err) {
-					errs = append(errs, fmt.Errorf("delete rule %q from %s: %w", strings.Join(spec, " "), forwardChain, err))
+			for _, br := range bridges {
+				for _, spec := range forwardRules(br) {
+					if err := ipt.Delete("filter", forwardChain, spec...); err != nil && !isNotExist(err) {
+						errs = append(errs, fmt.Errorf("delete rule %q from %s: %w", strings.Join(spec, " "), forwardChain, err))
+					}
 				}
 			}
 			rules, err := ipt.List("filter", forwardChain)
