@@ -61,6 +61,32 @@ type portRecord struct {
 // chain is the port's current chain.
 func (r *portRecord) chain() string { return r.Chains[len(r.Chains)-1] }
 
+// check refuses a record that is not in its file or names chains or
+// targets pirun never makes: Unpublish deletes what a record names.
+func (r *portRecord) check(file string) error {
+	if err := r.Port.Validate(); err != nil {
+		return err
+	}
+	if portFile(r.Port) != file {
+		return fmt.Errorf("it is the record of port %s", r.Port.HostAddr())
+	}
+	if len(r.Chains) == 0 {
+		return errors.New("no chain")
+	}
+	prefix := fmt.Sprintf("PIRUN-%s%d-", strings.ToUpper(r.Port.Protocol), r.Port.HostPort)
+	for _, c := range r.Chains {
+		if rest, ok := strings.CutPrefix(c, prefix); !ok || len(rest) != 6 || strings.Trim(rest, "0123456789abcdef") != "" {
+			return fmt.Errorf("chain %q is not one of the port's", c)
+		}
+	}
+	for _, t := range r.Targets {
+		if !t.Address.Addr().Is4() || validIfName(t.Network) != nil || validIfName(t.HostIf) != nil {
+			return fmt.Errorf("target %+v", t)
+		}
+	}
+	return nil
+}
+
 func (b *Bridge) portsDir() string { return filepath.Join(filepath.Dir(b.dir), portsDirName) }
 
 func portFile(p PortMapping) string {
@@ -100,6 +126,9 @@ func (b *Bridge) readPortRecords() ([]*portRecord, error) {
 		}
 		var r portRecord
 		if err := json.Unmarshal(data, &r); err != nil {
+			return nil, fmt.Errorf("published ports: %s is corrupt: %w", n, err)
+		}
+		if err := r.check(n); err != nil {
 			return nil, fmt.Errorf("published ports: %s is corrupt: %w", n, err)
 		}
 		recs = append(recs, &r)

@@ -634,6 +634,21 @@ func TestPortsStateFiles(t *testing.T) {
 	if n := newChainName(PortMapping{HostPort: 65535, Protocol: "tcp"}); len(n) > 28 || !strings.HasPrefix(n, "PIRUN-TCP65535-") {
 		t.Errorf("chain name %q: longer than iptables allows (28) or misnamed", n)
 	}
+	good := portRecord{Port: p[1], Chains: []string{newChainName(p[1])}}
+	if err := good.check(portFile(p[1])); err != nil {
+		t.Errorf("check of a good record: %v", err)
+	}
+	for _, bad := range []portRecord{
+		{Port: p[1]},
+		{Port: p[1], Chains: []string{"INPUT"}},
+		{Port: p[1], Chains: []string{"PIRUN-TCP8081-abcdef"}},
+		{Port: p[0], Chains: []string{newChainName(p[0])}},
+		{Port: p[1], Chains: good.Chains, Targets: []Endpoint{{Network: "../x", HostIf: "pr1", Address: netip.MustParsePrefix("10.0.0.2/24")}}},
+	} {
+		if err := bad.check(portFile(p[1])); err == nil {
+			t.Errorf("check of %+v: no error", bad)
+		}
+	}
 	if d := filepath.Base((&Bridge{dir: "/s/network/pirun0"}).portsDir()); d != portsDirName {
 		t.Errorf("ports directory %q", d)
 	}
