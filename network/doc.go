@@ -58,5 +58,60 @@
 // original values unless someone else changed them meanwhile. Only the
 // initial network namespace shows these sysctls; in another one they are
 // left alone.
-
+//
+// # Published ports
+//
+// Publish makes a host port ([IP:]HOSTPORT, tcp or udp, see ParsePortSpec)
+// lead to a port of a group of containers, without any proxy process: the
+// kernel's NAT does it all. In the nat table:
+//
+//	PREROUTING ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j PIRUN-PORTS
+//	OUTPUT     -m addrtype --dst-type LOCAL -j PIRUN-PORTS
+//	PIRUN-PORTS        one rule per published host port:
+//	                   [-d IP] -p tcp --dport 8080 -j PIRUN-TCP8080-3f6d1c
+//	PIRUN-TCP8080-…    one DNAT rule per container; rule i of n matches
+//	                   -m statistic --mode nth --every n-i --packet 0,
+//	                   the last one everything: new connections go to the
+//	                   containers in turn, an exact split (iptables-nft makes
+//	                   it nftables' numgen)
+//	PIRUN-POSTROUTING  per bridge behind a published port, MASQUERADE of
+//	                   127.0.0.0/8 sources (for 127.0.0.1) and of the
+//	                   bridge's own subnet when DNATed (hairpin)
+//
+// Removing containers rewrites their ports before the containers stop: a
+// new chain without them under a new name, its dispatch rule, and the
+// deletion of the old rule and chain, in one iptables-restore transaction,
+// so no new connection ever goes to a container being removed, nor finds
+// the port closed. The last container of a port removes the port. A port's
+// chain is written with iptables-restore, not go-iptables: go-iptables
+// runs iptables once per rule (1,000 rules took 8 s, against 0.07 s) and
+// has no transactions; everything else goes through go-iptables.
+//
+// Reaching a port at 127.0.0.1 needs route_localnet=1 on the bridge (the
+// kernel otherwise refuses to route a 127.0.0.0/8 source out of it) and the
+// MASQUERADE (the container could not answer 127.0.0.1). A container
+// reaching a published port through the host (hairpin) needs the host to
+// forward from the bridge back into it (forwarding=1 on the bridge: not the
+// global ip_forward), hairpin mode on the container's bridge port (for a
+// container reaching itself) and the MASQUERADE. Where pirun raises those
+// sysctls it adds a guard to the filter table too: PIRUN-PORTS-INPUT drops
+// what the bridge sends to 127.0.0.0/8 other than replies (route_localnet
+// would let a container reach the host's loopback services,
+// CVE-2020-8558), and PIRUN-PORTS-FORWARD drops what the bridge would now
+// have forwarded to other networks other than published-port traffic, so
+// the host still routes no container traffic off the machine.
+//
+// A port is refused before anything starts (ErrPortInUse, CheckPorts) when
+// this state directory publishes it, another one has a rule for it in
+// PIRUN-PORTS, or a socket of the host is bound to it (a bind test).
+// State, under stateDir/ports/, shared by the bridges of the state
+// directory, with its own flock held for every change:
+//
+//	<proto>-<ip>-<port>.json  a published port: its chain and containers
+//	host.json                 the sysctls pirun raised (original and set
+//	                          value) and the rules it added for the ports
+//
+// Each is written before the change it records, so rm after a crash
+// removes what the record names. The sysctls are restored when no port
+// needs them, unless someone else changed them meanwhile.
 package network
