@@ -18,4 +18,7 @@ var (
 	ErrRunning = errors.New("container is running")
 	// ErrExited: the container exited right after it started.
 	ErrExited = errors.New("container exited at once")
+	// ErrHostLimit: a kernel limit (pid_max, threads-max, namespaces) leaves
+	// no room for the containers asked for; nothing was started.
+	ErrHostLimit = errors.New("host limit reached")
 )

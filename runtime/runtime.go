@@ -368,6 +368,10 @@ func (r *Runtime) spawn(ctx context.Context, cfg Config, n int, exact bool, stdi
 	if err != nil {
 		return nil, err
 	}
+	// Limits first: a start that cannot finish makes nothing.
+	if err := r.checkLimits(ctx, g, n); err != nil {
+		return nil, err
+	}
 	if err := r.checkPorts(ctx, g); err != nil {
 		return nil, err
 	}
