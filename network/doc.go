@@ -59,6 +59,12 @@
 // initial network namespace shows these sysctls; in another one they are
 // left alone.
 //
+// Inspect and Prune (pirun network ls and prune) show what a network holds
+// on the host and remove what no existing container uses: allocations of
+// containers that are gone, their veths, bridges of empty slices (unless
+// links are still attached), rules of bridges that are gone, and, with no
+// allocation left, the chain and the sysctls.
+//
 // # Published ports
 //
 // Publish makes a host port ([IP:]HOSTPORT, tcp or udp, see ParsePortSpec)

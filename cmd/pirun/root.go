@@ -48,6 +48,7 @@ directly through runc's libcontainer: no daemon, no shim per container.`,
 	cmd.AddCommand(
 		newPullCmd(g), newImagesCmd(g), newRmiCmd(g), newImageCmd(g), newSpawnCmd(g), newRunCmd(g), newPsCmd(g),
 		newStopCmd(g), newRmCmd(g), newLogsCmd(g), newStatsCmd(g), newVersionCmd(), newSuperviseCmd(g),
+		newNetworkCmd(g),
 	)
 	return cmd
 }
