@@ -26,12 +26,13 @@ const killWait = 10 * time.Second
 // SIGTERM). All are signalled at once, so stopping many takes about one
 // timeout, not one per container. Stopping a stopped container succeeds.
 func (r *Runtime) Stop(ctx context.Context, ids []string, timeout time.Duration) error {
+	// A supervised container waiting to be restarted is stopped too.
+	r.markStopping(r.records(ids))
 	procs, errs := r.openRunning(ids)
 	defer closeAll(procs)
 	if len(procs) == 0 {
 		return errors.Join(errs...)
 	}
-	r.markStopping(procContainers(procs))
 	signalAll(procs, unix.SIGTERM)
 	left := waitProcs(ctx, procs, timeout)
 	if len(left) > 0 {
@@ -57,10 +58,13 @@ type proc struct {
 	fd int
 }
 
-func procContainers(ps []proc) []*Container {
-	cs := make([]*Container, len(ps))
-	for i, p := range ps {
-		cs[i] = p.c
+// records reads the records of ids, skipping those that cannot be read.
+func (r *Runtime) records(ids []string) []*Container {
+	var cs []*Container
+	for _, id := range ids {
+		if c, err := r.st.read(id); err == nil {
+			cs = append(cs, c)
+		}
 	}
 	return cs
 }

@@ -605,8 +605,10 @@ func (r *Runtime) startOne(ctx context.Context, g *group, c *started, stdio *Std
 		return err
 	}
 	defer unlock()
-	if _, err := os.Stat(r.st.stateFile(c.ID)); err != nil {
+	if rec, err := r.st.read(c.ID); err != nil {
 		return fmt.Errorf("container %s: removed while being created", c.Name)
+	} else if rec.StopRequested {
+		return fmt.Errorf("container %s: %w", c.Name, errGone) // a restart that stop or rm overtook
 	}
 	l := &launch{
 		id: c.ID, hostname: c.Name, rootfs: c.RootfsDir, cgroup: c.CgroupPath, mount: g.mount, tmpl: g.tmpl, log: r.log,

@@ -162,11 +162,49 @@ func (s store) read(id string) (*Container, error) {
 	if err != nil {
 		return nil, fmt.Errorf("container %s: read state: %w", shortID(id), err)
 	}
+	return s.decode(id, b)
+}
+
+// decode parses the record of container id.
+func (s store) decode(id string, b []byte) (*Container, error) {
 	var c Container
 	if err := json.Unmarshal(b, &c); err != nil {
 		return nil, fmt.Errorf("container %s: state file %s is corrupt: %w", shortID(id), s.stateFile(id), err)
 	}
+	if err := c.check(id); err != nil {
+		return nil, fmt.Errorf("container %s: state file %s is corrupt: %w", shortID(id), s.stateFile(id), err)
+	}
+	// Paths inside the state directory follow from it, whatever the
+	// record says (the directory may have been reached by another path).
+	c.LogPath = filepath.Join(s.containerDir(id), "log")
+	c.RootfsDir = filepath.Join(s.containerDir(id), "rootfs")
 	return &c, nil
+}
+
+var groupCgroupRE = regexp.MustCompile(`^/` + cgroupParent + `/g-[0-9a-f]{12}$`)
+
+// check refuses a record that does not belong in the directory of id, or
+// names kernel objects pirun never makes: rm acts on what a record names
+// (cgroups, addresses), so a damaged record must not steer it elsewhere.
+func (c *Container) check(id string) error {
+	switch {
+	case c.ID != id:
+		return fmt.Errorf("it is the record of container %q", c.ID)
+	case c.CgroupGroup != "" && !groupCgroupRE.MatchString(c.CgroupGroup):
+		return fmt.Errorf("group cgroup %q is not pirun's", c.CgroupGroup)
+	case c.CgroupPath != "" && c.CgroupPath != cgroupPath(id) && (c.CgroupGroup == "" || c.CgroupPath != c.CgroupGroup+"/"+id):
+		return fmt.Errorf("cgroup %q is not the container's", c.CgroupPath)
+	case c.Endpoint != nil && c.Endpoint.ContainerID != id:
+		return fmt.Errorf("network endpoint of container %q", c.Endpoint.ContainerID)
+	case c.Pid < 0:
+		return fmt.Errorf("pid %d", c.Pid)
+	}
+	if c.Name != "" {
+		if err := ValidateName(c.Name); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ids lists the ids that have a container directory (records or not).

@@ -57,6 +57,7 @@ func TestStateRoundTrip(t *testing.T) {
 		Network: NetworkBridge, IP: "10.123.0.2",
 		Endpoint: &network.Endpoint{Network: "pirun0", ContainerID: id, Address: netip.MustParsePrefix("10.123.0.2/16"),
 			Gateway: netip.MustParseAddr("10.123.0.1"), HostIf: "prabababab"},
+		LogPath: filepath.Join(s.containerDir(id), "log"), RootfsDir: filepath.Join(s.containerDir(id), "rootfs"),
 	}
 	if err := os.MkdirAll(s.containerDir(id), 0o700); err != nil {
 		t.Fatal(err)
@@ -258,4 +259,41 @@ func TestCapSet(t *testing.T) {
 	if _, err := capSet([]string{"FLY"}, nil); !errors.Is(err, ErrInvalidConfig) {
 		t.Errorf("unknown capability: %v", err)
 	}
+}
+
+// Whatever bytes a state file holds, reading it gives an error or a record
+// of that container that names only what pirun makes: never a panic, never
+// another container's cgroup or directory.
+func FuzzStateRecord(f *testing.F) {
+	id := strings.Repeat("ab", 32)
+	f.Add([]byte(`{"id":"` + id + `","name":"web-1","phase":"started","pid":42,"cgroup_path":"/pirun/` + id + `"}`))
+	f.Add([]byte(`{"id":"` + id + `","cgroup_path":"/pirun/g-0123456789ab/` + id + `","cgroup_group":"/pirun/g-0123456789ab"}`))
+	f.Add([]byte(`{"id":"` + id + `","cgroup_path":"/../../sys"}`))
+	f.Add([]byte(`{"id":"../../etc"}`))
+	f.Add([]byte(`{"id":"` + id + `","name":"../x","log_path":"/etc/passwd"}`))
+	f.Add([]byte(`{"id":"` + id + `","endpoint":{"container_id":"x","address":"10.0.0.2/24"}}`))
+	f.Add([]byte(`{"id": "ab`))
+	f.Add([]byte(`null`))
+	s := store{dir: "/run/pirun"}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := s.decode(id, b)
+		if err != nil {
+			if !strings.Contains(err.Error(), "corrupt") {
+				t.Fatalf("error does not say the record is corrupt: %v", err)
+			}
+			return
+		}
+		if c.ID != id {
+			t.Fatalf("record of %q read as %q", c.ID, id)
+		}
+		if c.CgroupPath != "" && !strings.HasPrefix(c.CgroupPath, "/"+cgroupParent+"/") || strings.Contains(c.CgroupPath, "..") {
+			t.Fatalf("cgroup path %q outside /%s", c.CgroupPath, cgroupParent)
+		}
+		if filepath.Dir(c.LogPath) != s.containerDir(id) || filepath.Dir(c.RootfsDir) != s.containerDir(id) {
+			t.Fatalf("paths %q, %q outside the container's directory", c.LogPath, c.RootfsDir)
+		}
+		if c.Name != "" && ValidateName(c.Name) != nil {
+			t.Fatalf("invalid name %q accepted", c.Name)
+		}
+	})
 }
