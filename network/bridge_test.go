@@ -704,6 +704,16 @@ func TestAttachConnectivity(t *testing.T) {
 		if len(addrs) != 1 || addrs[0].IPNet.String() != eps[0].Address.String() {
 			t.Errorf("container addresses %v, want %s", addrs, eps[0].Address)
 		}
+		// IPv4 only: no IPv6 link-local on either end (its probes and
+		// reports would flood the bridge).
+		if v6, _ := h.AddrList(eth0, netlink.FAMILY_V6); len(v6) != 0 {
+			t.Errorf("eth0 has IPv6 addresses %v", v6)
+		}
+		if hv, err := netlink.LinkByName(eps[0].HostIf); err == nil {
+			if v6, _ := netlink.AddrList(hv, netlink.FAMILY_V6); len(v6) != 0 {
+				t.Errorf("%s has IPv6 addresses %v", eps[0].HostIf, v6)
+			}
+		}
 		routes, _ := h.RouteList(nil, netlink.FAMILY_V4)
 		if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
 			isDefault := r.Dst == nil || r.Dst.IP.IsUnspecified()
