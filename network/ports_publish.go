@@ -593,6 +593,28 @@ func (b *Bridge) insertDispatch(p PortMapping, chain string) error {
 	return nil
 }
 
+// Reattach sets again, on the veth of a container restarted on the same
+// endpoint, what Publish set on its old veth: hairpin mode, where the
+// container is behind a port reachable from containers. A container behind
+// no such port needs nothing.
+func (b *Bridge) Reattach(ctx context.Context, ep Endpoint) error {
+	unlock, err := b.portsLock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	recs, err := b.readPortRecords()
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if r.Port.fromBridge() && slices.ContainsFunc(r.Targets, func(t Endpoint) bool { return t.ContainerID == ep.ContainerID }) {
+			return b.setHairpin([]Endpoint{ep})
+		}
+	}
+	return nil
+}
+
 // setHairpin turns on hairpin mode on the endpoints' bridge ports, so that
 // a container's connection to its own published port, sent back by the
 // host through the port it came in by, is delivered. The setting goes

@@ -43,3 +43,12 @@ func (r *Runtime) unpublish(ctx context.Context, cs []*Container) error {
 	}
 	return net.Unpublish(ctx, ids)
 }
+
+// reattachPorts redoes, for a container restarted on its endpoint, what
+// publishing set on its old veth.
+func (r *Runtime) reattachPorts(ctx context.Context, g *group, c *started) error {
+	if len(c.Ports) == 0 || c.Endpoint == nil {
+		return nil
+	}
+	return g.net.Reattach(ctx, *c.Endpoint)
+}

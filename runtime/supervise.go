@@ -174,6 +174,9 @@ func (r *Runtime) restartOne(ctx context.Context, g *group, c *started) error {
 	if err := r.startOne(ctx, g, c, nil); err != nil {
 		return err
 	}
+	if err := r.reattachPorts(ctx, g, c); err != nil {
+		return err
+	}
 	// Counted once the new init runs; startOne wrote the record.
 	unlock, err = r.st.lock(c.ID)
 	if err != nil {
