@@ -1018,3 +1018,58 @@ func TestReleaseByContainerID(t *testing.T) {
 		assertClean(t, dir, "pirun0")
 	})
 }
+
+// Networks share PIRUN-FORWARD, each under its own lock: while one deletes
+// the chain (its last container went) another fills it. After every
+// Allocate, the network's rules and the jump are in place; at the end,
+// nothing is left.
+func TestConcurrentNetworksShareChain(t *testing.T) {
+	inTestNS(t, func(netns.NsHandle) {
+		ctx := context.Background()
+		dirs := []string{t.TempDir(), t.TempDir()}
+		nets := []*Bridge{
+			newBridge(t, dirs[0], WithBridgeName("pra"), WithSubnet(netip.MustParsePrefix("10.201.0.0/24"))),
+			newBridge(t, dirs[1], WithBridgeName("prb"), WithSubnet(netip.MustParsePrefix("10.202.0.0/24"))),
+		}
+		errs := make([]error, len(nets))
+		var wg sync.WaitGroup
+		for i, b := range nets {
+			wg.Go(func() {
+				for c := range 12 {
+					eps, err := b.Allocate(ctx, testIDs(fmt.Sprintf("%d%x", i, c), 1))
+					if err != nil {
+						errs[i] = err
+						return
+					}
+					var jump bool
+					rules, _, err := b.ourRules()
+					if err == nil {
+						err = b.inHost(func() error {
+							ipt, err := b.iptablesHandle()
+							if err == nil {
+								jump, err = ipt.Exists("filter", "FORWARD", jumpRule...)
+							}
+							return err
+						})
+					}
+					if err != nil || len(rules) != 2 || !jump {
+						errs[i] = fmt.Errorf("cycle %d: rules %q, jump %v, %v", c, rules, jump, err)
+						return
+					}
+					if err := b.Release(ctx, eps); err != nil {
+						errs[i] = err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Errorf("network %s: %v", nets[i].Name(), err)
+			}
+		}
+		assertClean(t, dirs[0], "pra")
+		assertClean(t, dirs[1], "prb")
+	})
+}

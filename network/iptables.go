@@ -45,6 +45,12 @@ func isNotExist(err error) bool {
 // ensureIptables makes sure PIRUN-FORWARD exists, accepts the bridges'
 // traffic and is jumped to from FORWARD, once, at position 1.
 //
+// The chain is shared by every network of the host, each under its own
+// lock: another network may delete the chain while this one fills it (its
+// last container went), so a step that fails on a missing chain starts
+// over (each step is idempotent). removeIptables does its part: it deletes
+// the chain only when empty.
+//
 // Chains are checked with ChainExists: iptables-nft 1.8.9 answers -S on a
 // missing chain with "incompatible", not "no such chain".
 func (b *Bridge) ensureIptables(bridges []string) error {
@@ -53,36 +59,13 @@ func (b *Bridge) ensureIptables(bridges []string) error {
 		if err != nil {
 			return err
 		}
-		ok, err := ipt.ChainExists("filter", forwardChain)
-		if err != nil {
-			return fmt.Errorf("look up chain %s: %w", forwardChain, err)
-		}
-		if !ok {
-			if err := ipt.NewChain("filter", forwardChain); err != nil {
-				// Another network may have made it meanwhile.
-				if ok, _ := ipt.ChainExists("filter", forwardChain); !ok {
-					return fmt.Errorf("create chain %s: %w", forwardChain, err)
-				}
-			} else {
-				b.log.Debug("created iptables chain", "network", b.name, "chain", forwardChain)
+		for attempt := 1; ; attempt++ {
+			err := ensureForward(ipt, bridges)
+			if err == nil || attempt == 5 {
+				return err
 			}
+			b.log.Debug("iptables chain changed meanwhile, again", "network", b.name, "chain", forwardChain, "error", err)
 		}
-		for _, br := range bridges {
-			for _, spec := range forwardRules(br) {
-				if err := ipt.AppendUnique("filter", forwardChain, spec...); err != nil {
-					return fmt.Errorf("add rule %q to %s: %w", strings.Join(spec, " "), forwardChain, err)
-				}
-			}
-		}
-		if ok, err = ipt.Exists("filter", "FORWARD", jumpRule...); err != nil {
-			return fmt.Errorf("check jump to %s: %w", forwardChain, err)
-		}
-		if !ok {
-			if err := ipt.Insert("filter", "FORWARD", 1, jumpRule...); err != nil {
-				return fmt.Errorf("add jump to %s: %w", forwardChain, err)
-			}
-		}
-		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("network %s: %w", b.name, err)
@@ -90,8 +73,49 @@ func (b *Bridge) ensureIptables(bridges []string) error {
 	return nil
 }
 
+func ensureForward(ipt *iptables.IPTables, bridges []string) error {
+	ok, err := ipt.ChainExists("filter", forwardChain)
+	if err != nil {
+		return fmt.Errorf("look up chain %s: %w", forwardChain, err)
+	}
+	if !ok {
+		if err := ipt.NewChain("filter", forwardChain); err != nil {
+			// Another network may have made it meanwhile.
+			if ok, _ := ipt.ChainExists("filter", forwardChain); !ok {
+				return fmt.Errorf("create chain %s: %w", forwardChain, err)
+			}
+		}
+	}
+	for _, br := range bridges {
+		for _, spec := range forwardRules(br) {
+			if err := ipt.AppendUnique("filter", forwardChain, spec...); err != nil {
+				return fmt.Errorf("add rule %q to %s: %w", strings.Join(spec, " "), forwardChain, err)
+			}
+		}
+	}
+	return ensureJump(ipt)
+}
+
+func ensureJump(ipt *iptables.IPTables) error {
+	ok, err := ipt.Exists("filter", "FORWARD", jumpRule...)
+	if err != nil {
+		return fmt.Errorf("check jump to %s: %w", forwardChain, err)
+	}
+	if !ok {
+		if err := ipt.Insert("filter", "FORWARD", 1, jumpRule...); err != nil {
+			return fmt.Errorf("add jump to %s: %w", forwardChain, err)
+		}
+	}
+	return nil
+}
+
 // removeIptables removes the bridges' rules, and the chain and its jump
 // when no other bridge has rules left in it. What is gone is success.
+//
+// Another network may add rules meanwhile (the kernel then refuses to
+// delete the chain) or remove its own, so the decision is made again until
+// it holds: rules left mean the chain is in use and keeps its jump; none
+// mean jump and chain go.
 func (b *Bridge) removeIptables(bridges []string) error {
 	if err := b.inHost(func() error {
 		ipt, err := b.iptablesHandle()
@@ -111,25 +135,40 @@ func (b *Bridge) removeIptables(bridges []string) error {
 					}
 				}
 			}
-			rules, err := ipt.List("filter", forwardChain)
-			if err != nil {
-				return errors.Join(append(errs, fmt.Errorf("list chain %s: %w", forwardChain, err))...)
+		}
+		for attempt := 1; ; attempt++ {
+			if ok {
+				rules, err := ipt.List("filter", forwardChain)
+				if err != nil {
+					if ok, _ = ipt.ChainExists("filter", forwardChain); ok {
+						return errors.Join(append(errs, fmt.Errorf("list chain %s: %w", forwardChain, err))...)
+					}
+				} else if len(rules) > 1 { // "-N PIRUN-FORWARD" and another network's rules
+					err := ensureJump(ipt)
+					if err != nil {
+						if ok, _ = ipt.ChainExists("filter", forwardChain); !ok {
+							err = nil // that network removed it meanwhile
+						}
+					}
+					return errors.Join(append(errs, err)...)
+				}
 			}
-			if len(rules) > 1 { // "-N PIRUN-FORWARD" and another network's rules
+			if err := ipt.Delete("filter", "FORWARD", jumpRule...); err != nil && !isNotExist(err) {
+				return errors.Join(append(errs, fmt.Errorf("delete jump to %s: %w", forwardChain, err))...)
+			}
+			if !ok {
 				return errors.Join(errs...)
 			}
-		}
-		if err := ipt.Delete("filter", "FORWARD", jumpRule...); err != nil && !isNotExist(err) {
-			errs = append(errs, fmt.Errorf("delete jump to %s: %w", forwardChain, err))
-		}
-		if ok {
-			if err := ipt.DeleteChain("filter", forwardChain); err != nil && !isNotExist(err) {
-				errs = append(errs, fmt.Errorf("delete chain %s: %w", forwardChain, err))
-			} else {
+			err := ipt.DeleteChain("filter", forwardChain)
+			if err == nil || isNotExist(err) {
 				b.log.Debug("deleted iptables chain", "network", b.name, "chain", forwardChain)
+				return errors.Join(errs...)
 			}
+			if attempt == 3 {
+				return errors.Join(append(errs, fmt.Errorf("delete chain %s: %w", forwardChain, err))...)
+			}
+			// Changed meanwhile by another network: look again.
 		}
-		return errors.Join(errs...)
 	}); err != nil {
 		return fmt.Errorf("network %s: %w", b.name, err)
 	}
