@@ -56,9 +56,10 @@
 // After a crash, a published layer directory is complete and an image
 // record refers only to what is on disk. A pull writes its files without
 // an fsync each (a layer has hundreds, and every fsync is a flush of the
-// disk's cache): each file's writeback is started as it is closed
-// (sync_file_range), and once every layer of the image is unpacked and
-// checked, one syncfs of the store's file system makes all of it durable,
+// disk's cache: 440 files took 250-400 ms one after the other, 120 ms from
+// 16 goroutines, against 15-30 ms for one syncfs on the test VM). Once
+// every layer of the image is unpacked and checked, one syncfs of the
+// store's file system makes all of it durable,
 // the blobs included (containers/image fsyncs a blob but neither the
 // directory it is renamed into, nor the manifest, nor index.json). Only
 // then are the layers/.tmp-* directories renamed to their layer

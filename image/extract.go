@@ -371,11 +371,6 @@ func (x *extractor) writeFile(fd int, hdr *tar.Header, r io.Reader) error {
 	if n != hdr.Size {
 		return fmt.Errorf("wrote %d bytes of %d", n, hdr.Size)
 	}
-	if n > 0 {
-		// Start writing it out now, while the layer downloads: the syncfs
-		// before the layer is published then has little left to wait for.
-		_ = unix.SyncFileRange(fd, 0, 0, unix.SYNC_FILE_RANGE_WRITE)
-	}
 	return fdMeta(fd, hdr)
 }
 

@@ -1,6 +1,8 @@
 package image
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -202,6 +204,9 @@ func unpackBlob(ctx context.Context, tree, blobPath string, desc ispec.Descripto
 	return size, nil
 }
 
+// streamBufSize is the read buffer of a layer stream.
+const streamBufSize = 64 << 10
+
 // unpackStream unpacks the (compressed) layer blob r of the given media
 // type into tree and returns the digest and size of its uncompressed
 // content. It reads r to its end.
@@ -210,10 +215,20 @@ func unpackStream(ctx context.Context, tree string, r io.Reader, mediaType strin
 	if err != nil {
 		return "", 0, err
 	}
-	algo, decompress, r, err := compression.DetectCompressionFormat(r)
+	// One buffer between the stream and the decompressor (which reads
+	// from it directly): a layer arriving through a pipe is read in large
+	// pieces, not in the decompressor's 4 KiB ones, each a hand-off
+	// between goroutines.
+	br := bufio.NewReaderSize(r, streamBufSize)
+	head, err := br.Peek(8)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", 0, fmt.Errorf("%w: %w", ErrInvalidLayer, err)
+	}
+	algo, decompress, _, err := compression.DetectCompressionFormat(bytes.NewReader(head))
 	if err != nil {
 		return "", 0, fmt.Errorf("%w: %w", ErrInvalidLayer, err)
 	}
+	r = br
 	if algo.BaseVariantName() != want {
 		return "", 0, fmt.Errorf("%w: media type %s but the content is compressed with %q", ErrInvalidLayer, mediaType, algo.BaseVariantName())
 	}

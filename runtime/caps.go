@@ -55,3 +55,9 @@ func capSet(add, drop []string) ([]string, error) {
 	slices.Sort(caps)
 	return caps, nil
 }
+
+// Seccomp settings of Config.Seccomp.
+const (
+	SeccompDefault    = "default"    // Docker's default profile
+	SeccompUnconfined = "unconfined" // no system call filter
+)

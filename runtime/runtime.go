@@ -152,6 +152,9 @@ type Config struct {
 	// or CgroupGroup (the containers of one Spawn share one group cgroup
 	// that carries the limits for all of them together).
 	Cgroup string
+	// Seccomp is SeccompDefault (Docker's default profile, where the build
+	// supports seccomp: see SeccompSupported) or SeccompUnconfined (none).
+	Seccomp string
 	// Restart is the restart policy of detached containers: RestartNo
 	// (default), RestartOnFailure or RestartAlways. Restarts happen while
 	// the process that started them runs Supervise.
@@ -201,6 +204,13 @@ func (c *Config) validate() error {
 	default:
 		return fmt.Errorf("cgroup mode %q: %w: use %q or %q", c.Cgroup, ErrInvalidConfig, CgroupContainer, CgroupGroup)
 	}
+	switch c.Seccomp {
+	case "":
+		c.Seccomp = SeccompDefault
+	case SeccompDefault, SeccompUnconfined:
+	default:
+		return fmt.Errorf("seccomp %q: %w: use %q or %q", c.Seccomp, ErrInvalidConfig, SeccompDefault, SeccompUnconfined)
+	}
 	switch c.Restart {
 	case "":
 		c.Restart = RestartNo
@@ -241,7 +251,7 @@ func (r *Runtime) prepare(ctx context.Context, cfg Config) (*group, error) {
 	if cfg.Cgroup == CgroupGroup {
 		res = Resources{} // the group's cgroup carries the limits
 	}
-	tmpl, err := newTemplate(img, lowerdirs(m), cfg.Cmd, cfg.Env, res, caps, cfg.Devices)
+	tmpl, err := newTemplate(img, lowerdirs(m), &cfg, res, caps)
 	if err != nil {
 		return nil, err
 	}

@@ -764,3 +764,42 @@ func TestRestartPolicy(t *testing.T) {
 		t.Errorf("restart policy sometimes: %v, want ErrInvalidConfig", err)
 	}
 }
+
+// Docker's default seccomp profile filters a container's system calls
+// (where the build links libseccomp); --seccomp unconfined turns it off.
+func TestSeccomp(t *testing.T) {
+	if !runtime.SeccompSupported {
+		t.Skip("built without the seccomp tag (libseccomp): no system call filter to test")
+	}
+	rt := newRuntime(t)
+	ctx := context.Background()
+	script := `busybox grep '^Seccomp:' /proc/self/status; busybox unshare -U true 2>/dev/null && echo USERNS-MADE`
+	run := func(mode string) string {
+		var out bytes.Buffer
+		c, _, err := rt.Run(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Seccomp: mode, Cmd: []string{"sh", "-c", script}},
+			runtime.Stdio{Stdout: &out, Stderr: &out})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rt.Remove(ctx, []string{c.ID}, true); err != nil {
+			t.Fatal(err)
+		}
+		return out.String()
+	}
+	def, unconfined := run(""), run(runtime.SeccompUnconfined)
+	if !strings.Contains(def, "Seccomp:\t2") {
+		t.Errorf("default: no seccomp filter on the container's process:\n%s", def)
+	}
+	if !strings.Contains(unconfined, "Seccomp:\t0") {
+		t.Errorf("unconfined: a seccomp filter on the container's process:\n%s", unconfined)
+	}
+	// unshare(CLONE_NEWUSER) needs no capability: only the profile stops it.
+	if strings.Contains(unconfined, "USERNS-MADE") && strings.Contains(def, "USERNS-MADE") {
+		t.Errorf("default profile: the container made a user namespace:\n%s", def)
+	} else if !strings.Contains(unconfined, "USERNS-MADE") {
+		t.Logf("unconfined container could not make a user namespace either; that check proves nothing here:\n%s", unconfined)
+	}
+	if _, err := rt.Start(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Seccomp: "lenient"}); !errors.Is(err, runtime.ErrInvalidConfig) {
+		t.Errorf("seccomp lenient: %v, want ErrInvalidConfig", err)
+	}
+}

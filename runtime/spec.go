@@ -83,8 +83,9 @@ func specFor(args, env []string, cwd string) *specs.Spec {
 }
 
 // newTemplate works out the container configuration shared by every
-// replica of img run with cmd (empty: the image's entrypoint and command).
-func newTemplate(img *image.Image, lowerdirs []string, cmd []string, extraEnv []string, res Resources, caps []string, devs []Device) (*template, error) {
+// replica of img run as cfg says, with the limits res and capabilities caps.
+func newTemplate(img *image.Image, lowerdirs []string, cfg *Config, res Resources, caps []string) (*template, error) {
+	cmd, extraEnv, devs := cfg.Cmd, cfg.Env, cfg.Devices
 	args := append(append([]string{}, img.Config.Entrypoint...), img.Config.Cmd...)
 	if len(cmd) > 0 {
 		args = append(append([]string{}, img.Config.Entrypoint...), cmd...)
@@ -103,19 +104,25 @@ func newTemplate(img *image.Image, lowerdirs []string, cmd []string, extraEnv []
 	}
 	spec := specFor(args, env, cwd)
 	spec.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps}
+	if cfg.Seccomp != SeccompUnconfined {
+		// After the capabilities: they widen Docker's profile.
+		if spec.Linux.Seccomp, err = defaultSeccomp(spec); err != nil {
+			return nil, fmt.Errorf("image %s: seccomp profile: %w", img.Name, err)
+		}
+	}
 	spec.Linux.Resources = res.spec()
 	if spec.Linux.Devices, spec.Linux.Resources.Devices, err = specDevices(devs); err != nil {
 		return nil, err
 	}
 	spec.Linux.CgroupsPath = "/pirun/template"
-	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
+	lc, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
 		CgroupName: "template",
 		Spec:       spec,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("image %s: container configuration: %w", img.Name, err)
 	}
-	return &template{config: cfg, args: args, env: env, cwd: cwd, uid: uid, gid: gid, groups: groups}, nil
+	return &template{config: lc, args: args, env: env, cwd: cwd, uid: uid, gid: gid, groups: groups}, nil
 }
 
 // configFor copies the template and fills in what differs per container.

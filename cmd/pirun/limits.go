@@ -12,6 +12,7 @@ type limitFlags struct {
 	pids            int64
 	capAdd, capDrop []string
 	devices         []string
+	seccomp         string
 }
 
 func (l *limitFlags) flags(cmd *cobra.Command) {
@@ -21,6 +22,7 @@ func (l *limitFlags) flags(cmd *cobra.Command) {
 	cmd.Flags().StringSliceVar(&l.capAdd, "cap-add", nil, "add capabilities to the default set (e.g. NET_ADMIN, or ALL)")
 	cmd.Flags().StringSliceVar(&l.capDrop, "cap-drop", nil, "drop capabilities from the default set (e.g. NET_RAW, or ALL)")
 	cmd.Flags().StringArrayVar(&l.devices, "device", nil, "make a host device available, HOST[:CONTAINER] (e.g. /dev/gpiomem)")
+	cmd.Flags().StringVar(&l.seccomp, "seccomp", runtime.SeccompDefault, "system call filter: default (Docker's profile) or unconfined")
 }
 
 func (l *limitFlags) apply(cfg *runtime.Config) error {
@@ -37,6 +39,7 @@ func (l *limitFlags) apply(cfg *runtime.Config) error {
 	}
 	cfg.Resources.PidsLimit = l.pids
 	cfg.CapAdd, cfg.CapDrop = l.capAdd, l.capDrop
+	cfg.Seccomp = l.seccomp
 	for _, s := range l.devices {
 		d, err := runtime.ParseDevice(s)
 		if err != nil {
