@@ -31,46 +31,49 @@
 //
 // [Store.Pull] fetches from registries (containers/image's docker
 // transport; credentials from the Docker config as containers/image reads
-// them) and from archives ([Store.Import] is Pull limited to archives).
-// It first resolves the reference to one image manifest (the host's
-// platform, or [WithPlatform], from an index); an image whose manifest the
-// store already holds is recorded without any blob transfer. Otherwise
+// them) and from archives ([Store.Import] is Pull limited to archives). It
+// first resolves the reference to one image manifest (the host's platform,
+// or [WithPlatform], from an index); an image whose manifest the store
+// already holds is recorded without any blob transfer. Otherwise
 // containers/image copies the blobs into oci/ (verified, each blob written
 // once) from the source opened to resolve (one ping and one manifest
-// request to a registry, one extraction of an archive), and each new layer is unpacked while it downloads: the layout's
-// destination is wrapped so that PutBlob tees the stream into the
-// unpacker (stream.go), then the config's diff_ids check and publish the
-// trees. containers/image's on-disk blob info cache is replaced by its
-// in-memory one, so a pull writes nothing outside the root.
+// request to a registry, one extraction of an archive), and each new layer
+// is unpacked while it downloads: the layout's destination is wrapped so
+// that PutBlob tees the stream into the unpacker (stream.go), then the
+// config's diff_ids check and publish the trees. containers/image's on-disk
+// blob info cache is replaced by its in-memory one, so a pull writes
+// nothing outside the root.
 //
 // Pull holds the lock from opening the source to the record: the OCI
 // layout's index.json is not safe for concurrent writers, a layer is
 // unpacked by one process only, and a second pull of the same image finds
-// it held. Pulls of different images serialize too; on a Pi the network
-// or the SD card is the limit, not the lock. [Store.Remove] drops a name;
+// it held. Pulls of different images serialize too; on a Pi the network or
+// the SD card is the limit, not the lock. [Store.Remove] drops a name;
 // [Store.Prune] removes the blobs and layer directories no record (and no
-// [WithKeep] manifest, the images of existing containers) references. Readers ([Store.Lookup], [Store.List]) take no lock:
-// images.json is replaced atomically. Unpacking needs root (files are
-// chowned to the image's owners, whiteouts are character devices).
+// [WithKeep] manifest, the images of existing containers) references.
+// Readers ([Store.Lookup], [Store.List]) take no lock: images.json is
+// replaced atomically. Unpacking needs root (files are chowned to the
+// image's owners, whiteouts are character devices).
 //
 // After a crash, a published layer directory is complete and an image
 // record refers only to what is on disk. A pull writes its files without
 // an fsync each (a layer has hundreds, and every fsync is a flush of the
 // disk's cache: 440 files took 250-400 ms one after the other, 120 ms from
-// 16 goroutines, against 15-30 ms for one syncfs on the test VM). Once
-// every layer of the image is unpacked and checked, one syncfs of the
-// store's file system makes all of it durable,
-// the blobs included (containers/image fsyncs a blob but neither the
-// directory it is renamed into, nor the manifest, nor index.json). Only
-// then are the layers/.tmp-* directories renamed to their layer
-// directories and layers/ fsynced, and only then is images.json replaced
-// (written to a temp file, fsynced, renamed, its directory fsynced). A
-// crash before the renames leaves .tmp-* directories, which the next pull
-// removes; a crash between the renames and the record leaves complete
-// layers that no record uses yet, which the next pull of the image finds
-// (and [Store.Prune] removes). The syncfs also waits for whatever else is
-// being written to the same file system; it is one per pull, not one per
-// layer.
+// 16 goroutines, against 15-30 ms for one syncfs on the test VM). The
+// store writes the blobs itself too, without the fsync per blob of
+// containers/image's layout destination (which fsyncs neither the
+// directory a blob is renamed into, nor the manifest, nor index.json).
+// Once every layer of the image is unpacked and checked, one syncfs of the
+// store's file system makes all of it durable. Only then are the
+// layers/.tmp-* directories renamed to their layer directories and
+// layers/ fsynced, and only then is images.json replaced (written to a
+// temp file, fsynced, renamed, its directory fsynced). A crash before the
+// renames leaves .tmp-* directories and oci-put-blob* files, which the
+// next pull removes; a crash between the renames and the record leaves
+// complete layers that no record uses yet, which the next pull of the
+// image finds (and [Store.Prune] removes). The syncfs also waits for
+// whatever else is being written to the same file system; it is one per
+// pull, not one per layer.
 //
 // Layers are unpacked by the store's own extractor (extract.go), which
 // replaced umoci's: a layer goes into a fresh, empty directory of its own,

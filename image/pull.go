@@ -583,7 +583,7 @@ func (s *Store) copyIn(ctx context.Context, sys *types.SystemContext, srcRef typ
 	if err != nil {
 		return nil, err
 	}
-	destRef := unpackingRef{ImageReference: layoutRef, layers: streamed}
+	destRef := unpackingRef{ImageReference: layoutRef, store: s, layers: streamed}
 	policy, err := signature.NewPolicyContext(&signature.Policy{
 		Default: signature.PolicyRequirements{signature.NewPRInsecureAcceptAnything()},
 	})

@@ -2,6 +2,7 @@ package image
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -50,6 +51,7 @@ func (sl *streamedLayers) cleanup() {
 // unpacks layers as they arrive.
 type unpackingRef struct {
 	types.ImageReference
+	store  *Store
 	layers *streamedLayers
 }
 
@@ -58,20 +60,26 @@ func (r unpackingRef) NewImageDestination(ctx context.Context, sys *types.System
 	if err != nil {
 		return nil, err
 	}
-	return &unpackingDest{ImageDestination: d, layers: r.layers}, nil
+	return &unpackingDest{ImageDestination: d, store: r.store, layers: r.layers}, nil
 }
 
+// unpackingDest writes blobs into the store's OCI layout itself, as the
+// layout's own destination does but without an fsync per blob: the pull
+// makes everything it wrote durable with one syncfs before it publishes
+// anything (see publishLayers). Manifests and index.json are left to the
+// layout's destination.
 type unpackingDest struct {
 	types.ImageDestination
+	store  *Store
 	layers *streamedLayers
 }
 
 func (d *unpackingDest) PutBlob(ctx context.Context, stream io.Reader, info types.BlobInfo, cache types.BlobInfoCache, isConfig bool) (types.BlobInfo, error) {
 	if isConfig || info.Digest == "" || info.Digest.Validate() != nil {
-		return d.ImageDestination.PutBlob(ctx, stream, info, cache, isConfig)
+		return d.writeBlob(stream, info)
 	}
 	if _, err := layerCompression(info.MediaType); err != nil {
-		return d.ImageDestination.PutBlob(ctx, stream, info, cache, isConfig)
+		return d.writeBlob(stream, info)
 	}
 	l := &streamedLayer{}
 	pr, pw := io.Pipe()
@@ -85,7 +93,7 @@ func (d *unpackingDest) PutBlob(ctx context.Context, stream io.Reader, info type
 		// Never hold the download up: drain what the unpacker left.
 		_, _ = io.Copy(io.Discard, pr)
 	}()
-	bi, err := d.ImageDestination.PutBlob(ctx, io.TeeReader(stream, pw), info, cache, isConfig)
+	bi, err := d.writeBlob(io.TeeReader(stream, pw), info)
 	if err != nil {
 		pw.CloseWithError(err)
 	} else {
@@ -105,6 +113,55 @@ func (d *unpackingDest) PutBlob(ctx context.Context, stream io.Reader, info type
 	d.layers.m[info.Digest] = l
 	d.layers.mu.Unlock()
 	return bi, nil
+}
+
+// writeBlob writes stream to the layout's blob of info's digest (computed
+// if info has no sha256 one) through a temp file oci/oci-put-blob*, which
+// removeStale cleans up after a crash. As for any destination of
+// containers/image, a digest given is one the copy verifies: a stream
+// read to its end without error matches it.
+func (d *unpackingDest) writeBlob(stream io.Reader, info types.BlobInfo) (_ types.BlobInfo, err error) {
+	f, err := os.CreateTemp(d.store.path(ociDirName), "oci-put-blob")
+	if err != nil {
+		return types.BlobInfo{}, err
+	}
+	name := f.Name()
+	defer func() {
+		_ = f.Close() // a second Close only fails
+		if err != nil {
+			_ = os.Remove(name)
+		}
+	}()
+	dgst := info.Digest
+	var digester digest.Digester
+	if dgst == "" || dgst.Algorithm() != digest.Canonical {
+		digester = digest.Canonical.Digester()
+		stream = io.TeeReader(stream, digester.Hash())
+	}
+	size, err := io.Copy(f, stream)
+	if err != nil {
+		return types.BlobInfo{}, err
+	}
+	if digester != nil {
+		dgst = digester.Digest()
+	}
+	if info.Size != -1 && size != info.Size {
+		return types.BlobInfo{}, fmt.Errorf("blob %s: size %d, want %d", dgst, size, info.Size)
+	}
+	if err := f.Chmod(0o644); err != nil {
+		return types.BlobInfo{}, err
+	}
+	if err := f.Close(); err != nil {
+		return types.BlobInfo{}, err
+	}
+	p := d.store.blobPath(dgst)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return types.BlobInfo{}, err
+	}
+	if err := os.Rename(name, p); err != nil {
+		return types.BlobInfo{}, err
+	}
+	return types.BlobInfo{Digest: dgst, Size: size}, nil
 }
 
 // take hands the layer unpacked from blob d over to the caller (nil if
