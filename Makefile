@@ -2,8 +2,9 @@
 GO      ?= go
 # containers_image_openpgp: containers/image verifies signatures in Go, not through
 # gpgme (cgo). runc_nocriu: leaves libcontainer's checkpoint/restore (CRIU, which
-# pirun does not offer) out of the binary, about 0.7 MB.
-TAGS    := containers_image_openpgp,runc_nocriu
+# pirun does not offer) out of the binary, about 0.7 MB. seccomp: libcontainer loads
+# Docker's default system call filter through libseccomp (Debian's libseccomp-dev).
+TAGS    := containers_image_openpgp,runc_nocriu,seccomp
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 ROOT    ?= /var/lib/pirun
@@ -19,7 +20,7 @@ all: build
 ## deps: install what a fresh Debian machine lacks (apt packages, Go modules)
 deps:
 	@missing=""; \
-	for p in busybox-static iptables curl; do \
+	for p in busybox-static iptables curl gcc pkg-config libseccomp-dev; do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" != 0 ]; then \
@@ -64,14 +65,19 @@ soak: build
 
 ## cross: static binaries for linux/amd64, linux/arm (GOARM=7, Raspberry Pi 2/3) and linux/arm64
 ## into bin/; installs Debian's cross compilers when missing. Budget: 25 MiB each.
-CROSS := amd64:x86_64-linux-gnu-gcc:gcc-x86-64-linux-gnu arm:arm-linux-gnueabihf-gcc:gcc-arm-linux-gnueabihf arm64:aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu
+CROSS := amd64:x86_64-linux-gnu:amd64 arm:arm-linux-gnueabihf:armhf arm64:aarch64-linux-gnu:arm64
 cross:
 	@for t in $(CROSS); do \
-		arch=$${t%%:*}; rest=$${t#*:}; cc=$${rest%%:*}; pkg=$${rest#*:}; \
-		[ "$$arch" = "$$($(GO) env GOARCH)" ] && cc=gcc && pkg=gcc; \
-		command -v $$cc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg >/dev/null; } || exit 1; \
+		arch=$${t%%:*}; rest=$${t#*:}; tri=$${rest%%:*}; debarch=$${rest#*:}; \
+		cc=$$tri-gcc; pkgs="gcc-$$(echo $$tri | tr _ -)"; \
+		[ "$$debarch" = "$$(dpkg --print-architecture)" ] && cc=gcc && pkgs=gcc; \
+		[ -e /usr/lib/$$tri/libseccomp.a ] || pkgs="$$pkgs libseccomp-dev:$$debarch"; \
+		command -v $$cc >/dev/null && [ -e /usr/lib/$$tri/libseccomp.a ] || { \
+			dpkg --add-architecture $$debarch; apt-get update -qq || true; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; } || exit 1; \
 		echo "building bin/pirun-linux-$$arch"; \
 		CGO_ENABLED=1 GOOS=linux GOARCH=$$arch GOARM=7 CC=$$cc CGO_CFLAGS=-Os \
+			PKG_CONFIG_PATH= PKG_CONFIG_LIBDIR=/usr/lib/$$tri/pkgconfig:/usr/share/pkgconfig \
 			$(GO) build -tags $(TAGS),netgo,osusergo -trimpath \
 			-ldflags "$(LDFLAGS) -s -w -extldflags -static" -o bin/pirun-linux-$$arch ./cmd/pirun 2>&1 \
 			| grep -v -e 'statically linked applications requires at runtime' -e 'in function .unixDlOpen' -e '^# ' ; \

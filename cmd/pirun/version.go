@@ -6,6 +6,8 @@ import (
 	"runtime/debug"
 
 	"github.com/spf13/cobra"
+
+	"github.com/pirun/pirun/runtime"
 )
 
 // version is set at build time: -ldflags "-X main.version=…".
@@ -21,6 +23,7 @@ func newVersionCmd() *cobra.Command {
 			fmt.Fprintf(w, "pirun %s\n", version)
 			fmt.Fprintf(w, "platform: %s/%s\n", goruntime.GOOS, goruntime.GOARCH)
 			fmt.Fprintf(w, "go: %s\n", goruntime.Version())
+			fmt.Fprintf(w, "seccomp: %t\n", runtime.SeccompSupported)
 			if bi, ok := debug.ReadBuildInfo(); ok {
 				for _, d := range bi.Deps {
 					switch d.Path {
