@@ -60,7 +60,16 @@ func (b *Bridge) Attach(ctx context.Context, ep Endpoint, nsPath string) (err er
 	attrs.Name = ep.HostIf
 	attrs.MTU = br.Attrs().MTU
 	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: containerIf, PeerNamespace: netlink.NsFd(int(ns)), PeerTxQLen: -1}
-	if err := b.nl.LinkAdd(veth); err != nil {
+	err = b.nl.LinkAdd(veth)
+	if errors.Is(err, unix.EEXIST) {
+		// The container's previous veth, whose namespace the kernel has
+		// not finished tearing down (a restart right after its init
+		// died): its name is this container's, so it goes.
+		if derr := b.deleteVeth(ep); derr == nil {
+			err = b.nl.LinkAdd(veth)
+		}
+	}
+	if err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("network %s: container %q: veth %s or %s in %s already exists: %w", b.name, ep.ContainerID, ep.HostIf, containerIf, nsPath, err)
 		}

@@ -691,15 +691,18 @@ func TestRestartPolicy(t *testing.T) {
 		res          runtime.Resources
 		code         int
 		restarts     bool
+		network      string
 	}{
-		{"fail", runtime.RestartOnFailure, exitAfter("3"), runtime.Resources{}, 3, true},
-		{"oom", runtime.RestartOnFailure, oom, runtime.Resources{Memory: 8 << 20}, 137, true},
-		{"ok", runtime.RestartOnFailure, exitAfter("0"), runtime.Resources{}, 0, false},
-		{"always", runtime.RestartAlways, exitAfter("0"), runtime.Resources{}, 0, true},
+		{"fail", runtime.RestartOnFailure, exitAfter("3"), runtime.Resources{}, 3, true, runtime.NetworkNone},
+		{"oom", runtime.RestartOnFailure, oom, runtime.Resources{Memory: 8 << 20}, 137, true, runtime.NetworkNone},
+		{"ok", runtime.RestartOnFailure, exitAfter("0"), runtime.Resources{}, 0, false, runtime.NetworkNone},
+		{"always", runtime.RestartAlways, exitAfter("0"), runtime.Resources{}, 0, true, runtime.NetworkNone},
+		// Restarted at once on its address: the old veth may not be gone yet.
+		{"bridged", runtime.RestartOnFailure, exitAfter("3"), runtime.Resources{}, 3, true, runtime.NetworkBridge},
 	}
 	var ids []string
 	for _, tc := range cases {
-		cs, err := rt.Spawn(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Name: tc.name, Cmd: tc.cmd, Resources: tc.res, Restart: tc.policy}, 1, nil)
+		cs, err := rt.Spawn(ctx, runtime.Config{Image: imageName, Network: tc.network, Name: tc.name, Cmd: tc.cmd, Resources: tc.res, Restart: tc.policy}, 1, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
