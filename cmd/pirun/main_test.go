@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -342,9 +343,16 @@ func TestCLIStats(t *testing.T) {
 
 // Concurrent pirun processes share the state: four spawns at once give
 // distinct names and addresses, and every record stays readable.
+//
+// PIRUN_TEST_SPAWN_EACH=250 runs the full size of the check, 4 × 250 (it
+// takes a few minutes; the default, 25 each, keeps make test short).
 func TestCLIConcurrentSpawns(t *testing.T) {
 	c := newCLI(t)
-	const procs, each = 4, 25
+	const procs = 4
+	each := 25
+	if v, err := strconv.Atoi(os.Getenv("PIRUN_TEST_SPAWN_EACH")); err == nil && v > 0 {
+		each = v
+	}
 	errs := make(chan error, procs)
 	for range procs {
 		go func() {
