@@ -1,5 +1,6 @@
 // Package network gives each pirun container its own network namespace and
-// an address on a pirun bridge.
+// an address: on a pirun bridge (Bridge) or on the host's LAN (Macvlan).
+// Both are a Driver: Check, Allocate, Attach, Release.
 //
 // The bridge driver: a network (default pirun0, 10.123.0.0/16) is cut into
 // slices of a /22, one Linux bridge each: pirun0 for 10.123.0.0/22, pirun0-1
@@ -64,6 +65,48 @@
 // containers that are gone, their veths, bridges of empty slices (unless
 // links are still attached), rules of bridges that are gone, and, with no
 // allocation left, the chain and the sysctls.
+//
+// # Macvlan
+//
+// The macvlan driver puts containers on a LAN the host is on: each gets a
+// bridge-mode macvlan link on the parent interface (a NIC, a bridge, a
+// VLAN interface), created directly inside its namespace as eth0, with an
+// address of the LAN's subnet and a default route through its gateway, and
+// the LAN sees it as a host of its own. No iptables rule and no sysctl: the
+// kernel switches between the macvlans of a parent and the wire.
+//
+// The subnet and gateway are the user's (MacvlanConfig): by default the
+// subnet of the parent's own address, and its default route's gateway or
+// the subnet's first address. Addresses are allocated like the bridge's
+// (one file per address under a flock, round-robin), never the gateway's or
+// one the host has on the parent. Nothing tells pirun which addresses other
+// hosts of the LAN use: give it a subnet, or a part of one, that nobody
+// else allocates from (not the DHCP server's range).
+//
+// A macvlan's parent never receives what its macvlans send, so the host
+// cannot reach its own containers through the parent. The first Allocate
+// of a network gives the host a macvlan of its own on the parent,
+// pirun-mv<parent's ifindex>, with an address of the subnet as a /32, and
+// each container a /32 route through it: more specific than the parent's
+// route to the LAN, if it has one. The last Release deletes that link (its
+// address and routes with it).
+//
+// The neighbour table thresholds are left alone: past about 380 containers
+// on one macvlan network, raise net.ipv4.neigh.default.gc_thresh3.
+//
+// State, under stateDir/macvlan/<parent>/:
+//
+//	lock, ips/<addr>, last_reserved   as the bridge's; ips/<addr> of the
+//	                                  host-side link's address holds "host"
+//	network.json                      subnet, gateway, host-side link and its
+//	                                  address: written before the link is
+//	                                  made, removed after it is deleted, so
+//	                                  rm, or the next Allocate, finishes the
+//	                                  job after a crash
+//
+// Endpoint.Driver and Endpoint.Parent tell rm which driver and network an
+// endpoint is on. The parent belongs to one state directory: a second one
+// finds the host-side link holding another address and is refused.
 //
 // # Published ports
 //
