@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/pirun/pirun/runtime"
 )
 
 // Config is one invocation of the harness.
@@ -48,9 +50,11 @@ type Config struct {
 // Subnets: pirun's default is 10.123.0.0/16 and podman's 10.88.0.0/16;
 // the harness uses three others, one per runtime.
 var (
-	pirunNet  = netip.MustParsePrefix("10.127.0.0/16")
-	dockerNet = netip.MustParsePrefix("10.124.0.0/16")
-	podmanNet = netip.MustParsePrefix("10.125.0.0/16")
+	pirunNet = netip.MustParsePrefix("10.127.0.0/16")
+	// pirun with a restart policy (its supervisor measured as a helper)
+	pirunRestartNet = netip.MustParsePrefix("10.128.0.0/16")
+	dockerNet       = netip.MustParsePrefix("10.124.0.0/16")
+	podmanNet       = netip.MustParsePrefix("10.125.0.0/16")
 )
 
 // AllRuntimes are the runtimes the harness knows, in report order.
@@ -200,6 +204,11 @@ func makeDrivers(ctx context.Context, cfg Config, res *Results) ([]Driver, strin
 			d = &Pirun{Archive: cfg.Archive, Image: cfg.Image, Root: filepath.Join(cfg.Work, "pirun"),
 				State: filepath.Join(cfg.Run, "pirun"), Net: pirunNet, BridgeName: "pbench-pirun"}
 			res.Versions["pirun"] = gitDescribe()
+		case "pirun-restart":
+			d = &Pirun{Archive: cfg.Archive, Image: cfg.Image, Root: filepath.Join(cfg.Work, "pirun-restart"),
+				State: filepath.Join(cfg.Run, "pirun-restart"), Net: pirunRestartNet, BridgeName: "pbench-prst",
+				Restart: runtime.RestartOnFailure}
+			res.Versions["pirun"] = gitDescribe()
 		case "docker", "docker-tuned":
 			d = &Docker{Tuned: name == "docker-tuned", Archive: dockerArchive, Image: cfg.Image,
 				Dir: filepath.Join(cfg.Work, "docker"), Run: filepath.Join(cfg.Run, "docker"),
@@ -216,7 +225,7 @@ func makeDrivers(ctx context.Context, cfg Config, res *Results) ([]Driver, strin
 		default:
 			return nil, "", fmt.Errorf("runtime %q: unknown (use %s)", name, strings.Join(order, ", "))
 		}
-		if name != "pirun" {
+		if name != "pirun" && name != "pirun-restart" {
 			if err := convert(); err != nil {
 				d = skippedDriver{Driver: d, why: fmt.Errorf("image for %s: %w", name, err)}
 			}

@@ -34,11 +34,20 @@ type Pirun struct {
 	Root, State string
 	Net         netip.Prefix
 	BridgeName  string
+	// Restart, if set, spawns with that restart policy: the child that
+	// spawns stays as the group's supervisor (as `pirun spawn --restart`
+	// does), and is measured as the runtime's helper.
+	Restart string
 
 	imported bool
 }
 
-func (p *Pirun) Name() string          { return "pirun" }
+func (p *Pirun) Name() string {
+	if p.Restart != "" {
+		return "pirun-restart"
+	}
+	return "pirun"
+}
 func (p *Pirun) Subnet() netip.Prefix  { return p.Net }
 func (p *Pirun) Bridge() string        { return p.BridgeName }
 func (p *Pirun) StateDirs() []string   { return []string{p.Root, p.State} }
@@ -89,9 +98,42 @@ func (p *Pirun) Setup(ctx context.Context) error {
 	return nil
 }
 
+// supervisor runs `self pirun-child spawn -restart …` in a session of its
+// own, decodes the containers it reports, and leaves it running.
+func (p *Pirun) supervisor(ctx context.Context, out any, args ...string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	all := append([]string{ChildCommand, "spawn", "-root", p.Root, "-state", p.State,
+		"-bridge", p.BridgeName, "-subnet", p.Net.String(), "-restart", p.Restart}, args...)
+	cmd := exec.Command(self, all...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { _ = cmd.Process.Signal(os.Interrupt) })
+	defer stop()
+	if err := json.NewDecoder(stdout).Decode(out); err != nil {
+		_ = cmd.Wait()
+		return fmt.Errorf("pirun spawn -restart: %w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return cmd.Process.Release() // it supervises until its containers are removed
+}
+
 func (p *Pirun) Start(ctx context.Context, n int, started func(id, ip string)) (int, error) {
 	var cs []childRecord
-	if err := p.child(ctx, nil, &cs, "spawn", "-n", fmt.Sprint(n), "-image", p.Image); err != nil {
+	spawn := func() error { return p.child(ctx, nil, &cs, "spawn", "-n", fmt.Sprint(n), "-image", p.Image) }
+	if p.Restart != "" {
+		spawn = func() error { return p.supervisor(ctx, &cs, "-n", fmt.Sprint(n), "-image", p.Image) }
+	}
+	if err := spawn(); err != nil {
 		// All or none: none started.
 		if ctx.Err() != nil {
 			return 0, fmt.Errorf("cut by the time budget: %w", err)
@@ -141,6 +183,7 @@ func RunChild(args []string, stdin io.Reader, stdout io.Writer) error {
 	archive := fs.String("archive", "", "OCI archive to import")
 	img := fs.String("image", "", "image to spawn")
 	n := fs.Int("n", 1, "containers to spawn")
+	restart := fs.String("restart", "", "restart policy; the child then stays to supervise")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -166,7 +209,7 @@ func RunChild(args []string, stdin io.Reader, stdout io.Writer) error {
 	enc := json.NewEncoder(stdout)
 	switch op {
 	case "spawn":
-		cs, err := rt.Spawn(ctx, runtime.Config{Image: *img, Name: "pbench"}, *n, nil)
+		cs, err := rt.Spawn(ctx, runtime.Config{Image: *img, Name: "pbench", Restart: *restart}, *n, nil)
 		if err != nil {
 			return err
 		}
@@ -174,7 +217,16 @@ func RunChild(args []string, stdin io.Reader, stdout io.Writer) error {
 		for i, c := range cs {
 			out[i] = childRecord{ID: c.ID, IP: c.IP}
 		}
-		return enc.Encode(out)
+		if err := enc.Encode(out); err != nil || *restart == "" {
+			return err
+		}
+		if f, ok := stdout.(*os.File); ok {
+			f.Close() // the harness has what it needs
+		}
+		if err := rt.Supervise(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
+		return nil
 	case "rm":
 		var ids []string
 		if err := json.NewDecoder(stdin).Decode(&ids); err != nil && !errors.Is(err, io.EOF) {

@@ -87,7 +87,7 @@ type Cell struct {
 }
 
 // Runtimes in the order of the report.
-var order = []string{"pirun", "docker", "docker-tuned", "podman"}
+var order = []string{"pirun", "pirun-restart", "docker", "docker-tuned", "podman"}
 
 func rank(name string) int {
 	if i := slices.Index(order, name); i >= 0 {
