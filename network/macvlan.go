@@ -491,19 +491,50 @@ func (m *Macvlan) deleteRoute(host netlink.Link, a netip.Addr) error {
 	return nil
 }
 
+// hostLink returns the host-side link the record names if it is the one
+// the record describes: a macvlan on the parent, holding the record's
+// address (or none yet). Anything else of that name (say, another
+// namespace's link of the same name, when a test's state is removed from
+// the host) is not this network's: nil, and left alone. A link of that
+// name that is not a macvlan is an error.
+func (m *Macvlan) hostLink(rec *macvlanRecord) (netlink.Link, error) {
+	link, err := m.nl.LinkByName(rec.HostIf)
+	if isLinkNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("macvlan network on %s: look up %s: %w", m.parent, rec.HostIf, err)
+	}
+	if _, ok := link.(*netlink.Macvlan); !ok {
+		return nil, fmt.Errorf("macvlan network on %s: link %s is a %s, not a macvlan: left alone: %w", m.parent, rec.HostIf, link.Type(), ErrInvalidConfig)
+	}
+	parent, err := m.nl.LinkByIndex(link.Attrs().ParentIndex)
+	if err != nil || parent.Attrs().Name != m.parent {
+		m.log.Debug("host-side link is on another parent, left alone", "parent", m.parent, "link", rec.HostIf)
+		return nil, nil
+	}
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return m.nl.AddrList(link, netlink.FAMILY_V4) })
+	if err != nil {
+		return nil, fmt.Errorf("macvlan network on %s: list addresses of %s: %w", m.parent, rec.HostIf, err)
+	}
+	for _, a := range addrs {
+		if p, ok := prefixOf(a.IPNet); !ok || p != netip.PrefixFrom(rec.HostAddress, 32) {
+			m.log.Debug("host-side link holds another address, left alone", "parent", m.parent, "link", rec.HostIf, "address", a.IPNet)
+			return nil, nil
+		}
+	}
+	return link, nil
+}
+
 // teardown removes what the record names: the host-side link (with it,
 // its address and routes), its address's allocation, the hint and the
 // record itself. What is gone already is success. Call it under the lock.
 func (m *Macvlan) teardown(rec *macvlanRecord) error {
-	link, err := m.nl.LinkByName(rec.HostIf)
-	switch {
-	case isLinkNotFound(err):
-	case err != nil:
-		return fmt.Errorf("macvlan network on %s: look up %s: %w", m.parent, rec.HostIf, err)
-	default:
-		if _, ok := link.(*netlink.Macvlan); !ok {
-			return fmt.Errorf("macvlan network on %s: link %s is a %s, not a macvlan: left alone: %w", m.parent, rec.HostIf, link.Type(), ErrInvalidConfig)
-		}
+	link, err := m.hostLink(rec)
+	if err != nil {
+		return err
+	}
+	if link != nil {
 		if err := m.nl.LinkDel(link); err != nil && !isLinkNotFound(err) {
 			return fmt.Errorf("macvlan network on %s: delete %s: %w", m.parent, rec.HostIf, err)
 		}
@@ -545,8 +576,8 @@ func (m *Macvlan) Release(ctx context.Context, eps []Endpoint) error {
 	}
 	var host netlink.Link
 	if rec != nil {
-		if l, err := m.nl.LinkByName(rec.HostIf); err == nil {
-			host = l
+		if host, err = m.hostLink(rec); err != nil {
+			return err
 		}
 	}
 	var errs []error

@@ -389,5 +389,31 @@ func TestMacvlanCrashAndConcurrency(t *testing.T) {
 			t.Fatal(err)
 		}
 		assertMacvlanClean(t, dir, "lan0", subnet)
+
+		// A link of the recorded name that is not the one recorded (state
+		// removed from another namespace, where the name is someone
+		// else's) is left alone.
+		eps, err = m.Allocate(ctx, testIDs("z", 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		other := newParent(t, "other0", "")
+		hostIf := eps[0].HostIf
+		if err := netlink.LinkDel(&netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{Name: hostIf}}); err != nil {
+			t.Fatal(err)
+		}
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name, attrs.ParentIndex = hostIf, other.Attrs().Index
+		if err := netlink.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE}); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Release(ctx, eps); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := netlink.LinkByName(hostIf); err != nil {
+			t.Errorf("someone else's %s was deleted", hostIf)
+		}
+		netlink.LinkDel(&netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{Name: hostIf}})
+		assertMacvlanClean(t, dir, "lan0", subnet)
 	})
 }
