@@ -31,8 +31,8 @@ func (r *Runtime) checkLimits(ctx context.Context, g *group, n int) error {
 	if err := checkHostLimits("/proc", n, existing); err != nil {
 		return err
 	}
-	if g.net != nil {
-		return g.net.Check(ctx, n)
+	if g.drv != nil {
+		return g.drv.Check(ctx, n)
 	}
 	return nil
 }

@@ -23,7 +23,8 @@ type launch struct {
 	cgroup   string      // cgroup path, e.g. /pirun/<id>
 	mount    image.Mount // the image's read-only overlay
 	tmpl     *template
-	// wire sets up the container's network inside the namespace at nsPath.
+	// wire sets up the container's network inside the namespace at
+	// nsPath; nil: the container has no network namespace of its own.
 	wire   func(nsPath string) error
 	stdin  io.Reader
 	stdout io.Writer
@@ -54,7 +55,11 @@ func (l *launch) start(runcRoot string) (*libcontainer.Process, error) {
 
 func (l *launch) startLocked(runcRoot string) (_ *libcontainer.Process, err error) {
 	t0 := time.Now()
-	if err := unix.Unshare(unix.CLONE_NEWNS | unix.CLONE_NEWNET); err != nil {
+	flags := unix.CLONE_NEWNS
+	if l.wire != nil {
+		flags |= unix.CLONE_NEWNET
+	}
+	if err := unix.Unshare(flags); err != nil {
 		return nil, fmt.Errorf("unshare mount and network namespaces: %w", err)
 	}
 	// Nothing mounted here may reach the host's mount table.
@@ -64,9 +69,12 @@ func (l *launch) startLocked(runcRoot string) (_ *libcontainer.Process, err erro
 	if err := mountSpec(l.mount, l.rootfs); err != nil {
 		return nil, err
 	}
-	nsPath := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
-	if err := l.wire(nsPath); err != nil {
-		return nil, err
+	nsPath := "" // the host's
+	if l.wire != nil {
+		nsPath = fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
+		if err := l.wire(nsPath); err != nil {
+			return nil, err
+		}
 	}
 	t1 := time.Now()
 	ct, err := libcontainer.Create(runcRoot, l.id, l.tmpl.configFor(l.cgroup, l.hostname, l.rootfs, nsPath))

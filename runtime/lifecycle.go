@@ -208,20 +208,16 @@ func (r *Runtime) removeIDs(ctx context.Context, ids []string, force bool) error
 		switch {
 		case c.Endpoint != nil:
 			eps = append(eps, *c.Endpoint)
-		case c.Network != NetworkNone:
+		case c.Network != NetworkNone && c.Network != NetworkHost:
 			// pirun died before it recorded the address: the network
 			// finds it by the container's id.
 			eps = append(eps, network.Endpoint{ContainerID: c.ID})
 		}
 	})
 
-	// One network call (one lock hold) for all the addresses.
+	// One network call (one lock hold) per network for all the addresses.
 	if len(eps) > 0 {
-		net, err := r.network()
-		if err == nil {
-			err = net.Release(ctx, eps)
-		}
-		if err != nil {
+		if err := r.releaseEndpoints(ctx, eps); err != nil {
 			// Keep the records: rm again releases what is left.
 			return errors.Join(append(errs, err)...)
 		}

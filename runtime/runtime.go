@@ -28,8 +28,10 @@ import (
 
 // Network modes.
 const (
-	NetworkBridge = "bridge" // own namespace, veth on the pirun bridge (default)
-	NetworkNone   = "none"   // own namespace with only lo
+	NetworkBridge  = "bridge"  // own namespace, veth on the pirun bridge (default)
+	NetworkMacvlan = "macvlan" // own namespace, macvlan on Config.Macvlan.Parent
+	NetworkHost    = "host"    // the host's network namespace
+	NetworkNone    = "none"    // own namespace with only lo
 )
 
 // Runtime manages the containers of one state directory. It is safe for
@@ -45,6 +47,7 @@ type Runtime struct {
 	netOnce sync.Once
 	bridge  *network.Bridge
 	netErr  error
+	drivers netDrivers
 
 	sup supervisor
 }
@@ -143,8 +146,13 @@ type Config struct {
 	Cmd []string
 	// Env adds to or overrides the image's environment (KEY=VALUE).
 	Env []string
-	// Network is NetworkBridge (default) or NetworkNone.
+	// Network is NetworkBridge (default), NetworkMacvlan, NetworkHost or
+	// NetworkNone (see netdriver.go).
 	Network string
+	// Macvlan is the macvlan network's parent interface (required) and,
+	// optionally, its subnet and gateway (see network.MacvlanConfig);
+	// Network = NetworkMacvlan only.
+	Macvlan network.MacvlanConfig
 	// Resources limit each container (default: none), or with Cgroup =
 	// CgroupGroup the whole spawn group together.
 	Resources Resources
@@ -171,12 +179,8 @@ type Config struct {
 }
 
 func (c *Config) validate() error {
-	switch c.Network {
-	case "":
-		c.Network = NetworkBridge
-	case NetworkBridge, NetworkNone:
-	default:
-		return fmt.Errorf("network %q: %w: use %q or %q", c.Network, ErrInvalidConfig, NetworkBridge, NetworkNone)
+	if err := c.validateNetwork(); err != nil {
+		return err
 	}
 	if len(c.Ports) > 0 && c.Network != NetworkBridge {
 		return fmt.Errorf("publish ports with network %q: %w: ports need the bridge network", c.Network, ErrInvalidConfig)
@@ -228,7 +232,8 @@ type group struct {
 	img   *image.Image
 	mount image.Mount
 	tmpl  *template
-	net   *network.Bridge
+	drv   network.Driver  // nil for the host network and none
+	net   *network.Bridge // drv, on the bridge network (ports need it)
 }
 
 func (r *Runtime) prepare(ctx context.Context, cfg Config) (*group, error) {
@@ -256,11 +261,10 @@ func (r *Runtime) prepare(ctx context.Context, cfg Config) (*group, error) {
 		return nil, err
 	}
 	g := &group{cfg: cfg, img: img, mount: m, tmpl: tmpl}
-	if cfg.Network == NetworkBridge {
-		if g.net, err = r.network(); err != nil {
-			return nil, err
-		}
+	if g.drv, err = r.driver(&cfg); err != nil {
+		return nil, err
 	}
+	g.net, _ = g.drv.(*network.Bridge)
 	return g, nil
 }
 
@@ -435,6 +439,7 @@ func (r *Runtime) spawn(ctx context.Context, cfg Config, n int, exact bool, stdi
 			c.Group = prefix // the spawn group, for rm --group
 		}
 		c.Ports = cfg.Ports // before they are published, so rm unpublishes them
+		c.Endpoint = pendingEndpoint(&cfg, id)
 		// The directory and the record come before the name, so that no
 		// name ever points at nothing a crash could leave behind.
 		if err := os.MkdirAll(c.RootfsDir, 0o700); err != nil {
@@ -465,12 +470,12 @@ func (r *Runtime) spawn(ctx context.Context, cfg Config, n int, exact bool, stdi
 		}
 	}
 
-	if g.net != nil {
+	if g.drv != nil {
 		ids := make([]string, n)
 		for i, c := range cs {
 			ids[i] = c.ID
 		}
-		eps, err := g.net.Allocate(ctx, ids)
+		eps, err := g.drv.Allocate(ctx, ids)
 		if err != nil {
 			return nil, err
 		}
@@ -622,12 +627,7 @@ func (r *Runtime) startOne(ctx context.Context, g *group, c *started, stdio *Std
 	}
 	l := &launch{
 		id: c.ID, hostname: c.Name, rootfs: c.RootfsDir, cgroup: c.CgroupPath, mount: g.mount, tmpl: g.tmpl, log: r.log,
-		wire: func(nsPath string) error {
-			if c.Endpoint != nil {
-				return g.net.Attach(ctx, *c.Endpoint, nsPath)
-			}
-			return network.SetupLoopback(nsPath)
-		},
+		wire: r.wire(ctx, g, c),
 	}
 	if stdio != nil {
 		l.stdin, l.stdout, l.stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr

@@ -126,6 +126,7 @@ func newTemplate(img *image.Image, lowerdirs []string, cfg *Config, res Resource
 }
 
 // configFor copies the template and fills in what differs per container.
+// An empty netnsPath leaves the container in the host's network namespace.
 func (t *template) configFor(cgPath, hostname, rootfs, netnsPath string) *configs.Config {
 	c := *t.config
 	c.Rootfs = rootfs
@@ -134,12 +135,15 @@ func (t *template) configFor(cgPath, hostname, rootfs, netnsPath string) *config
 	cg.Path = cgPath
 	cg.Name, cg.Parent = "", ""
 	c.Cgroups = &cg
-	c.Namespaces = make(configs.Namespaces, len(t.config.Namespaces))
-	copy(c.Namespaces, t.config.Namespaces)
-	for i := range c.Namespaces {
-		if c.Namespaces[i].Type == configs.NEWNET {
-			c.Namespaces[i].Path = netnsPath
+	c.Namespaces = make(configs.Namespaces, 0, len(t.config.Namespaces))
+	for _, ns := range t.config.Namespaces {
+		if ns.Type == configs.NEWNET {
+			if netnsPath == "" {
+				continue
+			}
+			ns.Path = netnsPath
 		}
+		c.Namespaces = append(c.Namespaces, ns)
 	}
 	return &c
 }

@@ -16,9 +16,10 @@ func newRunCmd(g *globals) *cobra.Command {
 	var pull pullFlag
 	var limits limitFlags
 	var ports portFlags
+	var nets netFlags
 	var cfg runtime.Config
 	cmd := &cobra.Command{
-		Use:   "run [-d] [--rm] [--name NAME] [--network bridge|none] IMAGE [CMD...]",
+		Use:   "run [-d] [--rm] [--name NAME] [--network bridge|macvlan|host|none] [--parent IFACE] IMAGE [CMD...]",
 		Short: "Run one container, in the foreground or detached",
 		Long: `Run one container. In the foreground (default) its output streams to this
 terminal and pirun exits with the container's exit code. With -d it runs
@@ -38,6 +39,9 @@ detached: its id is printed and its output goes to 'pirun logs'.`,
 				return err
 			}
 			if err := ports.apply(&cfg); err != nil {
+				return err
+			}
+			if err := nets.apply(cmd, &cfg); err != nil {
 				return err
 			}
 			cfg.Image, cfg.Cmd = args[0], args[1:]
@@ -74,7 +78,7 @@ detached: its id is printed and its output goes to 'pirun logs'.`,
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run in the background and print the container id")
 	cmd.Flags().BoolVar(&rm, "rm", false, "remove the container when it exits")
 	cmd.Flags().StringVar(&cfg.Name, "name", "", "container name (default: derived from the image)")
-	cmd.Flags().StringVar(&cfg.Network, "network", runtime.NetworkBridge, "network: bridge or none")
+	nets.flags(cmd)
 	cmd.Flags().StringArrayVarP(&cfg.Env, "env", "e", nil, "set an environment variable (KEY=VALUE)")
 	pull.flags(cmd)
 	limits.flags(cmd)

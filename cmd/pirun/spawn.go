@@ -15,10 +15,11 @@ func newSpawnCmd(g *globals) *cobra.Command {
 	var pull pullFlag
 	var limits limitFlags
 	var ports portFlags
+	var nets netFlags
 	var cfg runtime.Config
 	var out output
 	cmd := &cobra.Command{
-		Use:   "spawn -n N [--name PREFIX] [--network bridge|none] IMAGE [CMD...]",
+		Use:   "spawn -n N [--name PREFIX] [--network bridge|macvlan|host|none] [--parent IFACE] IMAGE [CMD...]",
 		Short: "Start N detached replicas of an image on one shared read-only rootfs",
 		Long: `Start N detached replicas of an image, in parallel, each in its own
 namespaces with its own IP on the pirun bridge, all on one shared read-only
@@ -45,6 +46,9 @@ PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
 				return err
 			}
 			if err := ports.apply(&cfg); err != nil {
+				return err
+			}
+			if err := nets.apply(cmd, &cfg); err != nil {
 				return err
 			}
 			cfg.Image, cfg.Cmd = args[0], args[1:]
@@ -94,7 +98,7 @@ PREFIX-1, PREFIX-2, … (skipping names in use); their names are printed.`,
 	cmd.Flags().IntVarP(&n, "count", "n", 1, "number of containers to start")
 	cmd.Flags().StringVar(&cfg.Name, "name", "", "name prefix (default: the image's name)")
 	cmd.Flags().IntVar(&parallel, "parallel", 0, "containers started at once (default: 2 per CPU)")
-	cmd.Flags().StringVar(&cfg.Network, "network", runtime.NetworkBridge, "network: bridge or none")
+	nets.flags(cmd)
 	cmd.Flags().StringArrayVarP(&cfg.Env, "env", "e", nil, "set an environment variable (KEY=VALUE)")
 	cmd.Flags().StringVar(&cfg.Restart, "restart", runtime.RestartNo, "restart policy: no, on-failure or always (starts one supervisor process for the group)")
 	cmd.Flags().StringVar(&cfg.Cgroup, "cgroup", runtime.CgroupContainer, "where the limits apply: container (each) or group (one cgroup for all of this spawn)")
