@@ -3,7 +3,10 @@ package network
 import (
 	"errors"
 	"fmt"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -21,6 +24,27 @@ func forwardRules(bridge string) [][]string {
 }
 
 var jumpRule = []string{"-j", forwardChain}
+
+// lockChain serializes the changes to PIRUN-FORWARD of every pirun process
+// on the host, whatever its state directory: the chain is shared by all
+// networks, each of which holds only its own lock, and with iptables-nft a
+// network deleting the chain it saw empty deletes the rules another one
+// has just added. The lock is an flock on the iptables binary itself, which
+// every pirun runs and nothing else locks, so no lock file is left on the
+// host. Call it inside inHost.
+func lockChain() (unlock func(), err error) {
+	path, err := exec.LookPath("iptables")
+	if err == nil {
+		path, err = filepath.EvalSymlinks(path)
+	}
+	if err == nil {
+		unlock, err = lockExisting(path, time.Minute)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", forwardChain, err)
+	}
+	return unlock, nil
+}
 
 // iptablesHandle returns go-iptables' handle, made on first use. Call it
 // inside inHost.
@@ -45,11 +69,9 @@ func isNotExist(err error) bool {
 // ensureIptables makes sure PIRUN-FORWARD exists, accepts the bridges'
 // traffic and is jumped to from FORWARD, once, at position 1.
 //
-// The chain is shared by every network of the host, each under its own
-// lock: another network may delete the chain while this one fills it (its
-// last container went), so a step that fails on a missing chain starts
-// over (each step is idempotent). removeIptables does its part: it deletes
-// the chain only when empty.
+// The chain is shared by every network of the host: changes to it hold
+// lockChain. A step that fails anyway (someone else changed the chain)
+// starts over; each step is idempotent.
 //
 // Chains are checked with ChainExists: iptables-nft 1.8.9 answers -S on a
 // missing chain with "incompatible", not "no such chain".
@@ -59,6 +81,11 @@ func (b *Bridge) ensureIptables(bridges []string) error {
 		if err != nil {
 			return err
 		}
+		unlock, err := lockChain()
+		if err != nil {
+			return err
+		}
+		defer unlock()
 		for attempt := 1; ; attempt++ {
 			err := ensureForward(ipt, bridges)
 			if err == nil || attempt == 5 {
@@ -112,16 +139,20 @@ func ensureJump(ipt *iptables.IPTables) error {
 // removeIptables removes the bridges' rules, and the chain and its jump
 // when no other bridge has rules left in it. What is gone is success.
 //
-// Another network may add rules meanwhile (the kernel then refuses to
-// delete the chain) or remove its own, so the decision is made again until
-// it holds: rules left mean the chain is in use and keeps its jump; none
-// mean jump and chain go.
+// It holds lockChain; should the chain change anyway (a program other than
+// pirun), the decision is made again until it holds: rules left mean the
+// chain is in use and keeps its jump, none mean jump and chain go.
 func (b *Bridge) removeIptables(bridges []string) error {
 	if err := b.inHost(func() error {
 		ipt, err := b.iptablesHandle()
 		if err != nil {
 			return err
 		}
+		unlock, err := lockChain()
+		if err != nil {
+			return err
+		}
+		defer unlock()
 		ok, err := ipt.ChainExists("filter", forwardChain)
 		if err != nil {
 			return fmt.Errorf("look up chain %s: %w", forwardChain, err)
