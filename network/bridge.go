@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -185,7 +186,7 @@ func (b *Bridge) sliceOfBridge(name string) (int, bool) {
 // Allocate reserves one address per container id, in one hold of the state
 // directory's lock, and makes sure the bridges of the slices they fall in,
 // their gateway addresses, pirun's iptables rules and the host's neighbour
-// table size are in place. Addresses are taken round-robin, so a slice
+// table size and receive backlog are in place. Addresses are taken round-robin, so a slice
 // fills before the next one gets its bridge. It reserves nothing when the
 // subnet has no room for all ids (ErrSubnetFull) or overlaps a route of the
 // host (ErrSubnetOverlap). On failure it undoes what it did.
@@ -254,7 +255,12 @@ func (b *Bridge) Allocate(ctx context.Context, ids []string) (_ []Endpoint, err 
 	if err := b.ensureIptables(b.bridgeNames(touched)); err != nil {
 		return nil, err
 	}
-	if err := b.raiseNeigh(len(used) + n); err != nil {
+	perBridge := b.bySlice(used)
+	for _, a := range addrs {
+		k, _ := b.r.sliceOf(a)
+		perBridge[k]++
+	}
+	if err := b.raiseSysctls(len(used)+n, slices.Max(slices.Collect(maps.Values(perBridge)))); err != nil {
 		return nil, err
 	}
 
@@ -555,7 +561,7 @@ func (b *Bridge) teardown(del, unruled []int, all bool) error {
 		errs = append(errs, b.removeIptables(b.bridgeNames(unruled)))
 	}
 	if all {
-		errs = append(errs, b.restoreNeigh())
+		errs = append(errs, b.restoreSysctls())
 		if err := os.Remove(filepath.Join(b.dir, hintFile)); err != nil && !os.IsNotExist(err) {
 			errs = append(errs, fmt.Errorf("network %s: %w", b.name, err))
 		}

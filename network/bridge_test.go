@@ -838,7 +838,7 @@ func TestSetupLoopback(t *testing.T) {
 }
 
 // TestNeighRaiseRestore runs the real Allocate/Release path against a fake
-// /proc/sys tree, so the global thresholds are never touched.
+// /proc/sys tree, so the global thresholds and backlog are never touched.
 func TestNeighRaiseRestore(t *testing.T) {
 	inTestNS(t, func(netns.NsHandle) {
 		ctx := context.Background()
@@ -861,14 +861,17 @@ func TestNeighRaiseRestore(t *testing.T) {
 			return v
 		}
 		set([3]int{128, 512, 1024})
+		os.MkdirAll(filepath.Dir(filepath.Join(fake, backlogKey)), 0o755)
+		writeSysctl(fake, backlogKey, 1000)
+		backlog := func() int { v, _ := readSysctl(fake, backlogKey); return v }
 		dir := t.TempDir()
 		b := newBridge(t, dir, func(o *options) { o.sysctlDir = fake })
 		small, err := b.Allocate(ctx, testIDs("a", 10))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := get(); got != [3]int{128, 512, 1024} {
-			t.Errorf("10 allocations raised the thresholds to %v", got)
+		if got := get(); got != [3]int{128, 512, 1024} || backlog() != 1000 {
+			t.Errorf("10 allocations raised the thresholds to %v, the backlog to %d", got, backlog())
 		}
 		big, err := b.Allocate(ctx, testIDs("b", 490))
 		if err != nil {
@@ -881,8 +884,8 @@ func TestNeighRaiseRestore(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := get(); got[2] != 1456 {
-			t.Errorf("thresholds after 600 allocations %v", got)
+		if got := get(); got[2] != 1456 || backlog() != 1800 {
+			t.Errorf("thresholds after 600 allocations on one bridge %v, backlog %d, want 1800", got, backlog())
 		}
 		rec, _ := b.readSysctlRecord()
 		if rec[neighKeys[2]].Original != 1024 || rec[neighKeys[1]].Original != 512 {
@@ -891,8 +894,8 @@ func TestNeighRaiseRestore(t *testing.T) {
 		if err := b.Release(ctx, slices.Concat(small, big, more)); err != nil {
 			t.Fatal(err)
 		}
-		if got := get(); got != [3]int{128, 512, 1024} {
-			t.Errorf("thresholds after release %v, want the originals", got)
+		if got := get(); got != [3]int{128, 512, 1024} || backlog() != 1000 {
+			t.Errorf("thresholds after release %v, backlog %d, want the originals", got, backlog())
 		}
 		assertClean(t, dir, "pirun0")
 
@@ -938,14 +941,14 @@ func TestNeighHostSysctl(t *testing.T) {
 	// NewBridge creates nothing on the host; only the sysctl code runs.
 	b := newBridge(t, t.TempDir())
 	n := (orig[2]+2-256+1)/2 + 0
-	if err := b.raiseNeigh(n); err != nil {
+	if err := b.raiseSysctls(n, 1); err != nil {
 		t.Fatal(err)
 	}
 	v, _ := readSysctl("/proc/sys", neighKeys[2])
 	if v <= orig[2] || v > orig[2]+3 {
 		t.Errorf("gc_thresh3 %d after raising from %d", v, orig[2])
 	}
-	if err := b.restoreNeigh(); err != nil {
+	if err := b.restoreSysctls(); err != nil {
 		t.Fatal(err)
 	}
 	for i, k := range neighKeys {

@@ -50,13 +50,18 @@
 //	ips/<addr>     one file per reserved address, content = container id,
 //	               created complete or not at all (temp file + link)
 //	last_reserved  where the next search starts (round-robin, like CNI host-local)
-//	sysctl.json    neighbour-table thresholds pirun raised: original and set value
+//	sysctl.json    sysctls pirun raised (neighbour thresholds, backlog): original and set value
 //
 // The neighbour (ARP) table is shared by all namespaces and its default
 // gc_thresh3 of 1024 is too small for a thousand containers: Allocate raises
 // gc_thresh3 to 2n+256 and gc_thresh2 to ¾ of that for the n allocations of
 // the whole network, never lowering anything; the last Release restores the
-// original values unless someone else changed them meanwhile. Only the
+// original values unless someone else changed them meanwhile. Likewise
+// net.core.netdev_max_backlog, raised to three times the containers of the
+// fullest bridge: a broadcast on a bridge (the host's ARP request) puts one
+// copy per port into the sending CPU's receive queue at once, and past the
+// default 1,000 the copies to the bridge's oldest ports were dropped, so
+// the first 20 containers of a full bridge never answered. Only the
 // initial network namespace shows these sysctls; in another one they are
 // left alone.
 //

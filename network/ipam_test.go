@@ -152,6 +152,20 @@ func TestNeighWant(t *testing.T) {
 	}
 }
 
+func TestBacklogWant(t *testing.T) {
+	for _, tc := range []struct{ cur, perBridge, want int }{
+		{1000, 10, 1000},
+		{1000, 333, 1000},
+		{1000, 500, 1500},
+		{1000, 1021, 3063}, // a full bridge
+		{5000, 1021, 5000}, // never lowered
+	} {
+		if got := backlogWant(tc.cur, tc.perBridge); got != tc.want {
+			t.Errorf("backlogWant(%d, %d) = %d, want %d", tc.cur, tc.perBridge, got, tc.want)
+		}
+	}
+}
+
 func TestHostIfName(t *testing.T) {
 	id := "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 	if got := HostIfName(id); got != "pr0123456789" {

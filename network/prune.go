@@ -334,7 +334,7 @@ func (b *Bridge) Prune(ctx context.Context, inUse func(containerID string) bool)
 	}
 	if len(used) == 0 {
 		rec, _ := b.readSysctlRecord()
-		if err := b.restoreNeigh(); err != nil {
+		if err := b.restoreSysctls(); err != nil {
 			errs = append(errs, err)
 		} else {
 			rep.Sysctls = append(rep.Sysctls, slices.Sorted(maps.Keys(rec))...)

@@ -52,7 +52,7 @@ func TestInspectPrune(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := b.raiseNeigh(1000); err != nil {
+		if err := b.raiseSysctls(1000, 1); err != nil {
 			t.Fatal(err)
 		}
 		br0, _ := netlink.LinkByName("pirun0")

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -31,6 +33,19 @@ func neighWant(cur [3]int, n int) [3]int {
 	t3 := 2*n + 256
 	return [3]int{cur[0], max(cur[1], t3*3/4), max(cur[2], t3)}
 }
+
+// backlogKey is the length of each CPU's queue of received packets. A
+// broadcast on a bridge (an ARP request from the host) is copied to every
+// port, and each copy a veth delivers goes into the sending CPU's queue at
+// once: past netdev_max_backlog (default 1,000) copies are dropped, always
+// those to the bridge's oldest ports, which then never answer. Like the
+// neighbour thresholds, only the initial network namespace shows it.
+const backlogKey = "net/core/netdev_max_backlog"
+
+// backlogWant returns the queue length for perBridge containers on the
+// fullest bridge: three times that (one broadcast's copies and room for two
+// more in flight), never lower than cur.
+func backlogWant(cur, perBridge int) int { return max(cur, 3*perBridge) }
 
 // sysctlChange is one sysctl pirun raised: its value before pirun first
 // raised it and the value pirun set last.
@@ -66,39 +81,57 @@ func (b *Bridge) readSysctlRecord() (map[string]sysctlChange, error) {
 	return rec, nil
 }
 
-// raiseNeigh raises the neighbour thresholds for n allocations, recording
-// each original value once so that restoreNeigh can put it back.
-func (b *Bridge) raiseNeigh(n int) error {
+// raiseSysctls raises the neighbour thresholds for n allocations and the
+// backlog for perBridge containers on the fullest bridge, recording each
+// original value once so that restoreSysctls can put it back. A sysctl not
+// visible in the host namespace is left alone.
+func (b *Bridge) raiseSysctls(n, perBridge int) error {
 	err := b.inHost(func() error {
-		var cur [3]int
+		cur, want := map[string]int{}, map[string]int{}
+		var nc [3]int
+		visible := true
 		for i, k := range neighKeys {
 			v, err := readSysctl(b.sysctlDir, k)
 			if errors.Is(err, fs.ErrNotExist) {
-				b.log.Debug("neighbour thresholds not visible in this network namespace, left alone", "network", b.name)
-				return nil
+				visible = false
+				break
 			}
 			if err != nil {
 				return fmt.Errorf("read %s: %w", k, err)
 			}
-			cur[i] = v
+			nc[i] = v
 		}
-		want := neighWant(cur, n)
-		if want == cur {
+		if visible {
+			w := neighWant(nc, n)
+			for i, k := range neighKeys {
+				cur[k], want[k] = nc[i], w[i]
+			}
+		}
+		switch v, err := readSysctl(b.sysctlDir, backlogKey); {
+		case err == nil:
+			cur[backlogKey], want[backlogKey] = v, backlogWant(v, perBridge)
+		case !errors.Is(err, fs.ErrNotExist):
+			return fmt.Errorf("read %s: %w", backlogKey, err)
+		}
+		var raise []string
+		for _, k := range slices.Sorted(maps.Keys(want)) {
+			if want[k] != cur[k] {
+				raise = append(raise, k)
+			}
+		}
+		if len(raise) == 0 {
 			return nil
 		}
 		rec, err := b.readSysctlRecord()
 		if err != nil {
 			return err
 		}
-		for i, k := range neighKeys {
-			if want[i] == cur[i] {
-				continue
-			}
+		for _, k := range raise {
 			c, ok := rec[k]
 			if !ok {
-				c.Original = cur[i]
+				c.Original = cur[k]
 			}
-			c.Set = want[i]
+			c.Set = want[k]
 			rec[k] = c
 		}
 		data, err := json.Marshal(rec)
@@ -109,26 +142,23 @@ func (b *Bridge) raiseNeigh(n int) error {
 		if err := fsutil.WriteFileAtomic(filepath.Join(b.dir, sysctlFile), data, 0o600); err != nil {
 			return fmt.Errorf("record sysctls: %w", err)
 		}
-		for i, k := range neighKeys {
-			if want[i] == cur[i] {
-				continue
+		for _, k := range raise {
+			if err := writeSysctl(b.sysctlDir, k, want[k]); err != nil {
+				return fmt.Errorf("raise %s to %d: %w", k, want[k], err)
 			}
-			if err := writeSysctl(b.sysctlDir, k, want[i]); err != nil {
-				return fmt.Errorf("raise %s to %d: %w", k, want[i], err)
-			}
-			b.log.Debug("raised sysctl", "network", b.name, "key", k, "from", cur[i], "to", want[i], "allocations", n)
+			b.log.Debug("raised sysctl", "network", b.name, "key", k, "from", cur[k], "to", want[k], "allocations", n, "per_bridge", perBridge)
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("network %s: neighbour table: %w", b.name, err)
+		return fmt.Errorf("network %s: sysctls: %w", b.name, err)
 	}
 	return nil
 }
 
-// restoreNeigh puts back the values recorded by raiseNeigh, except where
-// someone else has changed a value since pirun set it.
-func (b *Bridge) restoreNeigh() error {
+// restoreSysctls puts back the values recorded by raiseSysctls, except
+// where someone else has changed a value since pirun set it.
+func (b *Bridge) restoreSysctls() error {
 	rec, err := b.readSysctlRecord()
 	if err != nil {
 		return fmt.Errorf("network %s: %w", b.name, err)
@@ -138,11 +168,8 @@ func (b *Bridge) restoreNeigh() error {
 	}
 	err = b.inHost(func() error {
 		var errs []error
-		for _, k := range neighKeys {
-			c, ok := rec[k]
-			if !ok {
-				continue
-			}
+		for _, k := range slices.Sorted(maps.Keys(rec)) {
+			c := rec[k]
 			cur, err := readSysctl(b.sysctlDir, k)
 			if errors.Is(err, fs.ErrNotExist) {
 				continue
@@ -170,7 +197,7 @@ func (b *Bridge) restoreNeigh() error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("network %s: neighbour table: %w", b.name, err)
+		return fmt.Errorf("network %s: sysctls: %w", b.name, err)
 	}
 	return nil
 }
