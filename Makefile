@@ -14,7 +14,7 @@ IMAGE   := build/rpi-busybox-httpd.tar
 N       ?= 100
 PIRUN   := bin/pirun --root $(ROOT) --state $(STATE)
 
-.PHONY: all build image demo test lint deps clean clean-test soak bench cross cross-check bench-deps
+.PHONY: all build image demo test lint deps clean clean-test soak scale bench cross cross-check bench-deps
 all: build
 
 ## deps: install what a fresh Debian machine lacks (apt packages, Go modules)
@@ -62,6 +62,11 @@ clean-test:
 ## soak: CYCLES (1000) spawn/rm cycles of N (10) containers, then counts what is left (must be nothing)
 soak: build
 	CYCLES=$(or $(CYCLES),1000) N=$(if $(filter file,$(origin N)),10,$(N)) ./scripts/soak.sh
+
+## scale: N (10000) web servers, each with its own namespaces and address, all answering GET /;
+## start rate, memory and slab per container, removal, then counts what is left (must be nothing)
+scale: deps image
+	N=$(if $(filter file,$(origin N)),10000,$(N)) ./scripts/scale.sh
 
 ## cross: static binaries for linux/amd64, linux/arm (GOARM=7, Raspberry Pi 2/3) and linux/arm64
 ## into bin/; installs Debian's cross compilers when missing. Budget: 25 MiB each.

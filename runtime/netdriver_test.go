@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -371,6 +372,115 @@ func TestNetworkHostAndNone(t *testing.T) {
 	for _, cfg := range bad {
 		if _, err := rt.Start(ctx, cfg); !errors.Is(err, runtime.ErrInvalidConfig) {
 			t.Errorf("network %q, %+v, ports %v: %v, want ErrInvalidConfig", cfg.Network, cfg.Macvlan, cfg.Ports, err)
+		}
+	}
+}
+
+// PIRUN_TEST_SLAB=N measures the kernel's slab memory per container on
+// each network: N web servers each (none, bridge, macvlan, PIRUN_TEST_SLAB_ROUNDS
+// rounds, default 1), one GET each on the networks with an address, caches
+// dropped before each reading. Slab is the machine's: run it when nothing
+// else starts or removes containers (the log shows how many pirun
+// containers of other state directories existed before and after each).
+//
+//	PIRUN_TEST_SLAB=300 go test -tags containers_image_openpgp,runc_nocriu,seccomp \
+//	    -run TestNetworkSlab -v -timeout 60m ./runtime/
+func TestNetworkSlab(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("PIRUN_TEST_SLAB"))
+	if n <= 0 {
+		t.Skip("skipping: set PIRUN_TEST_SLAB=N to measure the slab per container of each network")
+	}
+	rounds, _ := strconv.Atoi(os.Getenv("PIRUN_TEST_SLAB_ROUNDS"))
+	rounds = max(rounds, 1)
+	rt := newRuntime(t, runtime.WithNetworkOptions(network.WithSubnet(netip.MustParsePrefix("10.132.0.0/20"))))
+	ctx := context.Background()
+	parent := "pirun-slab0"
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = parent
+	if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
+		t.Fatal(err)
+	}
+	defer netlink.LinkDel(&netlink.Bridge{LinkAttrs: attrs})
+	if l, err := netlink.LinkByName(parent); err != nil || netlink.LinkSetUp(l) != nil {
+		t.Fatalf("parent %s: %v", parent, err)
+	}
+	others := func() int {
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/pirun")
+		k := 0
+		for _, d := range append(dirs, "/sys/fs/cgroup/pirun") {
+			ents, _ := os.ReadDir(d)
+			m := 0
+			for _, e := range ents {
+				if e.IsDir() && len(e.Name()) == 64 {
+					m++
+				}
+			}
+			k = max(k, m)
+		}
+		cs, _ := rt.List(ctx)
+		return k - len(cs)
+	}
+	slab := func() (total, unreclaimable int) {
+		if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second) // RCU frees what namespaces and links held
+		if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile("/proc/meminfo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 2 && f[0] == "Slab:" {
+				total, _ = strconv.Atoi(f[1])
+			}
+			if len(f) >= 2 && f[0] == "SUnreclaim:" {
+				unreclaimable, _ = strconv.Atoi(f[1])
+			}
+		}
+		return total, unreclaimable
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	for r := range rounds {
+		for _, driver := range []string{runtime.NetworkNone, runtime.NetworkBridge, runtime.NetworkMacvlan} {
+			cfg := runtime.Config{Image: imageName, Name: "slab", Network: driver}
+			if driver == runtime.NetworkMacvlan {
+				cfg.Macvlan = network.MacvlanConfig{Parent: parent, Subnet: netip.MustParsePrefix("10.133.0.0/20")}
+			}
+			o0 := others()
+			s0, u0 := slab()
+			start := time.Now()
+			cs, err := rt.Spawn(ctx, cfg, n, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			spawned := time.Since(start)
+			failed := 0
+			for _, c := range cs {
+				if c.IP == "" {
+					continue
+				}
+				if _, err := get(client, "http://"+c.IP+"/"); err != nil {
+					failed++
+				}
+			}
+			s1, u1 := slab()
+			o1 := others()
+			ids := make([]string, len(cs))
+			for i, c := range cs {
+				ids[i] = c.ID
+			}
+			start = time.Now()
+			if err := rt.Remove(ctx, ids, true); err != nil {
+				t.Fatal(err)
+			}
+			removed := time.Since(start)
+			s2, _ := slab()
+			t.Logf("round %d, %-7s: %d containers in %.1fs (%d GETs failed), removed in %.1fs: slab +%d kB = %.0f kB per container (unreclaimable %.0f kB); after rm %+d kB; other pirun containers %d -> %d",
+				r+1, driver, n, spawned.Seconds(), failed, removed.Seconds(), s1-s0, float64(s1-s0)/float64(n), float64(u1-u0)/float64(n), s2-s0, o0, o1)
 		}
 	}
 }
