@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -136,6 +137,17 @@ func (m *Macvlan) Close() error {
 
 // Parent is the network's parent interface.
 func (m *Macvlan) Parent() string { return m.parent }
+
+// macvlanMAC is the MAC address of the macvlan holding a: locally
+// administered, 02:70 and a's four bytes, unique on the LAN as long as a
+// is. A container restarted on its address gets its MAC back, so the
+// neighbour caches of the host and of the LAN's hosts stay right (with a
+// new random MAC they would send to the old one until their entry
+// expires).
+func macvlanMAC(a netip.Addr) net.HardwareAddr {
+	b := a.As4()
+	return net.HardwareAddr{0x02, 0x70, b[0], b[1], b[2], b[3]}
+}
 
 func validSubnet(p netip.Prefix) bool {
 	return p.IsValid() && p.Addr().Is4() && p.Bits() <= 30
@@ -431,6 +443,7 @@ func (m *Macvlan) ensureHostLink(nw *macvlanRecord, parent netlink.Link) (netlin
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = nw.HostIf
 		attrs.ParentIndex = parent.Attrs().Index
+		attrs.HardwareAddr = macvlanMAC(nw.HostAddress)
 		err = m.nl.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE})
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("macvlan network on %s: create %s: %w", m.parent, nw.HostIf, err)
@@ -653,6 +666,7 @@ func (m *Macvlan) Attach(ctx context.Context, ep Endpoint, nsPath string) (err e
 	attrs.Name = containerIf
 	attrs.ParentIndex = parent.Attrs().Index
 	attrs.Namespace = netlink.NsFd(int(ns))
+	attrs.HardwareAddr = macvlanMAC(ep.Address.Addr())
 	if err := m.nl.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE}); err != nil {
 		return fmt.Errorf("macvlan network on %s: container %q: create %s in %s: %w", m.parent, ep.ContainerID, containerIf, nsPath, err)
 	}
@@ -678,7 +692,7 @@ func (m *Macvlan) Attach(ctx context.Context, ep Endpoint, nsPath string) (err e
 	if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(ep.Address)}); err != nil {
 		return fmt.Errorf("macvlan network on %s: container %q: add %s to %s: %w", m.parent, ep.ContainerID, ep.Address, containerIf, err)
 	}
-	if err := h.LinkSetUp(eth0); err != nil {
+	if err := m.linkUp(ctx, h, eth0); err != nil {
 		return fmt.Errorf("macvlan network on %s: container %q: set %s up: %w", m.parent, ep.ContainerID, containerIf, err)
 	}
 	route := &netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: ep.Gateway.AsSlice()}
@@ -686,4 +700,23 @@ func (m *Macvlan) Attach(ctx context.Context, ep Endpoint, nsPath string) (err e
 		return fmt.Errorf("macvlan network on %s: container %q: add default route via %s: %w", m.parent, ep.ContainerID, ep.Gateway, err)
 	}
 	return nil
+}
+
+// upWait bounds how long Attach waits for a restarted container's previous
+// link to go: the kernel refuses two macvlans of one MAC up on a parent
+// (EADDRINUSE), and tears down a dead container's namespace, with its
+// eth0, asynchronously. Past it the start fails; a supervisor retries.
+const upWait = 2 * time.Second
+
+// linkUp sets eth0 up, waiting (at most upWait) while its MAC is still
+// taken by the container's previous link.
+func (m *Macvlan) linkUp(ctx context.Context, h *netlink.Handle, link netlink.Link) error {
+	deadline := time.Now().Add(upWait)
+	for {
+		err := h.LinkSetUp(link)
+		if !errors.Is(err, unix.EADDRINUSE) || time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -13,9 +13,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // newParent makes an empty bridge to serve as a macvlan parent, in the
@@ -414,6 +416,65 @@ func TestMacvlanCrashAndConcurrency(t *testing.T) {
 			t.Errorf("someone else's %s was deleted", hostIf)
 		}
 		netlink.LinkDel(&netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{Name: hostIf}})
+		assertMacvlanClean(t, dir, "lan0", subnet)
+	})
+}
+
+// A restarted container gets its address's MAC back, so the host reaches
+// it at once with the neighbour entry it has; its previous link, in a
+// namespace the kernel is still tearing down, is waited for.
+func TestMacvlanRestart(t *testing.T) {
+	inTestNS(t, func(netns.NsHandle) {
+		ctx := context.Background()
+		dir := t.TempDir()
+		subnet := netip.MustParsePrefix("10.77.0.0/24")
+		newParent(t, "lan0", "")
+		m := newMacvlan(t, dir, MacvlanConfig{Parent: "lan0", Subnet: subnet})
+		eps, err := m.Allocate(ctx, testIDs("a", 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ep := eps[0]
+		attach := func() netns.NsHandle {
+			t.Helper()
+			ns, path := newNS(t)
+			if err := m.Attach(ctx, ep, path); err != nil {
+				ns.Close()
+				t.Fatalf("Attach: %v", err)
+			}
+			return ns
+		}
+		ns1 := attach()
+		mustReach(t, 0, ns1, ep.Address.Addr(), "host to the container")
+		h, err := netlink.NewHandleAt(ns1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eth0, err := h.LinkByName("eth0")
+		h.Close()
+		if err != nil || eth0.Attrs().HardwareAddr.String() != "02:70:0a:4d:00:03" {
+			t.Errorf("eth0 MAC %v (%v), want 02:70:0a:4d:00:03", eth0, err)
+		}
+		// Still up elsewhere: refused after a bounded wait.
+		ns2, path2 := newNS(t)
+		start := time.Now()
+		if err := m.Attach(ctx, ep, path2); !errors.Is(err, unix.EADDRINUSE) {
+			t.Errorf("Attach while the previous link is up: %v, want EADDRINUSE", err)
+		}
+		if d := time.Since(start); d > upWait+time.Second {
+			t.Errorf("Attach waited %s", d)
+		}
+		ns2.Close()
+		// The container dies (its namespace with it), and starts again.
+		ns1.Close()
+		ns3 := attach()
+		defer ns3.Close()
+		if err := dialFrom(t, 0, serveOnce(t, ns3, ep.Address.Addr()), 2*time.Second); err != nil {
+			t.Errorf("host to the restarted container: %v", err)
+		}
+		if err := m.Release(ctx, eps); err != nil {
+			t.Fatal(err)
+		}
 		assertMacvlanClean(t, dir, "lan0", subnet)
 	})
 }
