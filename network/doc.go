@@ -78,7 +78,9 @@
 // VLAN interface), created directly inside its namespace as eth0, with an
 // address of the LAN's subnet and a default route through its gateway, and
 // the LAN sees it as a host of its own. No iptables rule and no sysctl: the
-// kernel switches between the macvlans of a parent and the wire.
+// kernel switches between the macvlans of a parent and the wire. A macvlan's
+// MAC follows its address (02:70 and the address's four bytes), so a
+// restarted container keeps it and neighbour caches stay right.
 //
 // The subnet and gateway are the user's (MacvlanConfig): by default the
 // subnet of the parent's own address, and its default route's gateway or
