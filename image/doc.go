@@ -3,8 +3,9 @@
 // Layout under the store root (default /var/lib/pirun):
 //
 //	oci/            an OCI image layout holding every blob by digest
-//	                (written through containers/image, verified on write);
-//	                its index.json lists each imported manifest once, unnamed
+//	                (copied by containers/image, which verifies each blob;
+//	                oci-put-blob* are blobs being written); its index.json
+//	                lists each imported manifest once, unnamed
 //	layers/<id>/    each layer unpacked once, keyed by the first 16 hex
 //	                digits of its chain ID; never written again after the
 //	                atomic rename that publishes it:
