@@ -13,9 +13,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	apexlog "github.com/apex/log"
-	apexdiscard "github.com/apex/log/handlers/discard"
-
 	"github.com/pirun/pirun/runtime"
 )
 
@@ -24,9 +21,6 @@ func main() {
 	if runtime.IsInit() {
 		runtime.Init()
 	}
-	// umoci (layer unpacking) logs through apex/log's global logger, which
-	// prints to stderr by default; pirun reports errors itself.
-	apexlog.SetHandler(apexdiscard.Default)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
