@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"github.com/vishvananda/netlink"
 
 	"github.com/pirun/pirun/image"
@@ -463,9 +464,10 @@ func cgroupValue(t *testing.T, pid int, controller, v1file, v2file string) strin
 		var p string
 		switch {
 		case parts[0] == "0" && parts[1] == "" && v2file != "" && isUnified():
-			p = filepath.Join("/sys/fs/cgroup", parts[2], v2file)
+			p = filepath.Join("/sys/fs/cgroup", underMountRoot("/sys/fs/cgroup", parts[2]), v2file)
 		case strings.Contains(","+parts[1]+",", ","+controller+","):
-			p = filepath.Join("/sys/fs/cgroup", parts[1], parts[2], v1file)
+			mnt := filepath.Join("/sys/fs/cgroup", parts[1])
+			p = filepath.Join(mnt, underMountRoot(mnt, parts[2]), v1file)
 		default:
 			continue
 		}
@@ -477,6 +479,21 @@ func cgroupValue(t *testing.T, pid int, controller, v1file, v2file string) strin
 	}
 	t.Fatalf("no %s cgroup for pid %d in %s", controller, pid, b)
 	return ""
+}
+
+// underMountRoot makes a path of /proc/PID/cgroup relative to the root of
+// the cgroup mount at mnt: in a container that shares the host's cgroup
+// namespace (Docker on cgroup v1) the paths are the host's, from
+// /docker/<id>, and the mount's root is that directory.
+func underMountRoot(mnt, cgPath string) string {
+	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(mnt))
+	if err != nil || len(mounts) == 0 || mounts[0].Root == "/" {
+		return cgPath
+	}
+	if rel, ok := strings.CutPrefix(cgPath, mounts[0].Root); ok {
+		return rel
+	}
+	return cgPath
 }
 
 func isUnified() bool {
