@@ -21,13 +21,15 @@ all: build
 deps:
 	@missing=""; \
 	for p in busybox-static iptables curl gcc pkg-config libseccomp-dev; do \
-		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
+		dpkg -s $$p >/dev/null 2>&1 || dpkg -s $$p:$$(dpkg --print-architecture) >/dev/null 2>&1 \
+			|| missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" != 0 ]; then \
 		echo "missing:$$missing (run as root, or install them, to run containers)"; \
 	elif [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		apt-get update -qq || true; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	$(GO) mod download
 
