@@ -643,7 +643,10 @@ func TestDevice(t *testing.T) {
 func TestGroupCgroup(t *testing.T) {
 	rt := newRuntime(t)
 	ctx := context.Background()
-	res := runtime.Resources{Memory: 16 << 20, CPUs: 0.5, PidsLimit: 30}
+	// The limit is the whole group's, and the containers' inits (pirun
+	// re-executed, a Go program) start several at once within it: room
+	// for them.
+	res := runtime.Resources{Memory: 128 << 20, CPUs: 0.5, PidsLimit: 30}
 	cs, err := rt.Spawn(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Name: "grp", Resources: res, Cgroup: runtime.CgroupGroup}, 3, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -656,8 +659,8 @@ func TestGroupCgroup(t *testing.T) {
 		if c.CgroupGroup != group || c.CgroupPath != group+"/"+c.ID {
 			t.Errorf("%s: cgroup %s in group %s, want %s/%s", c.Name, c.CgroupPath, c.CgroupGroup, group, c.ID)
 		}
-		if got := cgroupValue(t, c.Pid, "memory", "../memory.limit_in_bytes", "../memory.max"); got != "16777216" {
-			t.Errorf("%s: group memory limit %s, want 16777216", c.Name, got)
+		if got := cgroupValue(t, c.Pid, "memory", "../memory.limit_in_bytes", "../memory.max"); got != "134217728" {
+			t.Errorf("%s: group memory limit %s, want 134217728", c.Name, got)
 		}
 		if got := cgroupValue(t, c.Pid, "pids", "../pids.max", "../pids.max"); got != "30" {
 			t.Errorf("%s: group pids limit %s, want 30", c.Name, got)
