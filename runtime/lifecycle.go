@@ -69,6 +69,14 @@ func (r *Runtime) records(ids []string) []*Container {
 	return cs
 }
 
+// reread returns c's record as it is now, or c if it cannot be read.
+func (r *Runtime) reread(c *Container) *Container {
+	if n, err := r.st.read(c.ID); err == nil {
+		return n
+	}
+	return c
+}
+
 func closeAll(ps []proc) {
 	for _, p := range ps {
 		unix.Close(p.fd)
@@ -154,8 +162,13 @@ func (r *Runtime) removeIDs(ctx context.Context, ids []string, force bool) error
 		mu.Unlock()
 	}
 
-	// Kill first, all at once, so the waits overlap.
-	var victims []proc
+	running := func(c *Container) bool {
+		p, ok := r.openInit(c)
+		if ok {
+			unix.Close(p.fd)
+		}
+		return ok
+	}
 	var keep []string
 	var kept []*Container
 	for _, id := range ids {
@@ -169,13 +182,9 @@ func (r *Runtime) removeIDs(ctx context.Context, ids []string, force bool) error
 			addErr(err)
 			continue
 		}
-		if p, ok := r.openInit(c); ok {
-			if !force {
-				unix.Close(p.fd)
-				addErr(fmt.Errorf("container %s: %w (stop it first, or force)", c.Name, ErrRunning))
-				continue
-			}
-			victims = append(victims, p)
+		if !force && running(c) {
+			addErr(fmt.Errorf("container %s: %w (stop it first, or force)", c.Name, ErrRunning))
+			continue
 		}
 		keep = append(keep, id)
 		kept = append(kept, c)
@@ -183,10 +192,22 @@ func (r *Runtime) removeIDs(ctx context.Context, ids []string, force bool) error
 	// Out of their published ports before they die, so that no new
 	// connection goes to them; if that fails, nothing is removed.
 	if err := r.unpublish(ctx, kept); err != nil {
-		closeAll(victims)
 		return errors.Join(append(errs, err)...)
 	}
+	// No supervisor restarts them from here on: a restart under way when
+	// the mark is written has finished (it holds the container's lock), so
+	// the inits opened below include the one it started.
 	r.markStopping(kept)
+
+	// Kill, all at once, so the waits overlap.
+	var victims []proc
+	for _, c := range kept {
+		// Without force, one running now was restarted by its supervisor
+		// after the check above: the user removed it stopped; it goes.
+		if p, ok := r.openInit(r.reread(c)); ok {
+			victims = append(victims, p)
+		}
+	}
 	signalAll(victims, unix.SIGKILL)
 	for _, p := range waitProcs(ctx, victims, killWait) {
 		addErr(fmt.Errorf("container %s: still running %s after SIGKILL", p.c.Name, killWait))
@@ -200,6 +221,9 @@ func (r *Runtime) removeIDs(ctx context.Context, ids []string, force bool) error
 		c, err := r.teardown(id)
 		mu.Lock()
 		defer mu.Unlock()
+		if errors.Is(err, ErrNotFound) {
+			return // removed meanwhile by another pirun
+		}
 		if err != nil {
 			errs = append(errs, err)
 			return

@@ -335,14 +335,16 @@ func (s store) resolve(ref string) (string, error) {
 	}
 }
 
-// lock takes an exclusive flock on the container's lock file, creating the
-// directory if needed. The returned func releases it.
+// lock takes an exclusive flock on the lock file in the container's
+// directory, which must exist: locking a removed container must not bring
+// its directory back (a supervisor racing rm would leave an empty one
+// behind). A directory removed while waiting for the lock is the caller's
+// to notice: its record reads as ErrNotFound. The returned func releases it.
 func (s store) lock(id string) (func(), error) {
-	dir := s.containerDir(id)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("container %s: %w", shortID(id), err)
+	unlock, err := fsutil.Lock(context.Background(), filepath.Join(s.containerDir(id), "lock"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("container %s: %w", shortID(id), ErrNotFound)
 	}
-	unlock, err := fsutil.Lock(context.Background(), filepath.Join(dir, "lock"))
 	if err != nil {
 		return nil, fmt.Errorf("container %s: lock: %w", shortID(id), err)
 	}

@@ -116,7 +116,7 @@ func (r *Runtime) superviseOne(g *group, c *started) {
 			if err == nil {
 				break
 			}
-			if errors.Is(err, errGone) || ctx.Err() != nil {
+			if errors.Is(err, errGone) || errors.Is(err, ErrNotFound) || ctx.Err() != nil {
 				return
 			}
 			r.log.Warn("supervisor: restart failed; retrying", "container", c.Name, "error", err, "in", backoff)

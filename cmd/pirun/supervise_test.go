@@ -142,3 +142,26 @@ func TestCLISupervisor(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// rm -f of a container that its supervisor is restarting, at any moment
+// of the restart cycle, removes it: no "still running", no supervisor and
+// no record left.
+func TestCLIRemoveWhileRestarting(t *testing.T) {
+	c := newCLI(t)
+	for i := range 12 {
+		c.ok("spawn", "-q", "--restart", "always", "--network", "none", "--name", "flap", "rpi-busybox-httpd",
+			"sh", "-c", "sleep 0.2; exit 3")
+		// Spread the rm over the first cycles (0.2 s runs, back-off 0.1, 0.2 s).
+		time.Sleep(time.Duration(i*60) * time.Millisecond)
+		c.ok("rm", "-f", "--all")
+		if out := c.ok("ps", "-a", "-q"); strings.TrimSpace(out) != "" {
+			t.Fatalf("round %d: left after rm -f --all:\n%s", i, c.ok("ps", "-a"))
+		}
+		for deadline := time.Now().Add(10 * time.Second); len(supervisors(t, c.state)) > 0; {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: supervisor still running 10 s after rm -f --all", i)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
