@@ -100,6 +100,10 @@ func Open(root string, opts ...Option) (*Store, error) {
 	if s.registriesConf == "" {
 		s.registriesConf = s.path(registriesConf)
 	}
+	// Missing parents are made, as for Docker's --data-root.
+	if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
+		return nil, fmt.Errorf("open image store %s: %w", abs, err)
+	}
 	for _, d := range []struct {
 		path string
 		mode os.FileMode
