@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/pirun/pirun/internal/fsutil"
@@ -433,12 +434,15 @@ func (b *Bridge) Unpublish(ctx context.Context, containerIDs []string) error {
 		return err
 	}
 	var errs []error
+	var dropped []netip.Addr
 	kept := recs[:0]
 	for _, r := range recs {
 		var rest []Endpoint
 		for _, t := range r.Targets {
 			if !gone[t.ContainerID] {
 				rest = append(rest, t)
+			} else {
+				dropped = append(dropped, t.Address.Addr())
 			}
 		}
 		switch {
@@ -459,7 +463,37 @@ func (b *Bridge) Unpublish(ctx context.Context, containerIDs []string) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
-	return b.reconcileHost(kept)
+	if err := b.reconcileHost(kept); err != nil {
+		return err
+	}
+	b.forgetFlows(dropped)
+	return nil
+}
+
+// forgetFlows deletes the kernel's connection-tracking entries of flows
+// DNATed to the given addresses. The DNAT happens once per flow, so
+// without this a UDP client that sends again from the same port (a DNS
+// resolver, or an ephemeral port reused within the 30 s UDP timeout) goes
+// on to a removed replica (Docker and CNI's portmap flush them too).
+// TCP flows to a removed replica die with it. A failure (no
+// nf_conntrack_netlink) is logged: the rules are right, old flows age out.
+func (b *Bridge) forgetFlows(addrs []netip.Addr) {
+	var filters []netlink.CustomConntrackFilter
+	for _, a := range addrs {
+		f := &netlink.ConntrackFilter{}
+		if err := f.AddIP(netlink.ConntrackReplySrcIP, a.AsSlice()); err == nil {
+			filters = append(filters, f)
+		}
+	}
+	if len(filters) == 0 {
+		return
+	}
+	n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, filters...)
+	if err != nil {
+		b.log.Warn("forget the flows of unpublished replicas", "network", b.name, "error", err)
+		return
+	}
+	b.log.Debug("forgot flows of unpublished replicas", "network", b.name, "replicas", len(addrs), "flows", n)
 }
 
 // rewritePort replaces r's chain with one for targets.

@@ -257,6 +257,17 @@ func ask(network, addr string) (string, error) {
 	return string(b), err
 }
 
+// askOn sends one datagram on conn and returns the answer.
+func askOn(conn *net.UDPConn) (string, error) {
+	conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := conn.Write([]byte("?")); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 64)
+	n, err := conn.Read(buf)
+	return string(buf[:n]), err
+}
+
 // tally asks n times (a bounded loop) and counts the answers; a failure
 // counts as "error".
 func tally(network, addr string, n int) map[string]int {
@@ -419,10 +430,31 @@ func TestPublish(t *testing.T) {
 			t.Errorf("CheckPorts from another state directory: %v, want ErrPortInUse", err)
 		}
 
+		// UDP flows that went to r0 and r1, kept open across the removal.
+		var stale []*net.UDPConn
+		for i := 0; i < 8 && len(stale) < 2; i++ {
+			conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:5353")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if s, err := askOn(conn); err == nil && (s == "r0" || s == "r1") {
+				stale = append(stale, conn)
+			}
+		}
+		if len(stale) != 2 {
+			t.Fatalf("%d of 8 UDP flows went to r0 or r1, want 2", len(stale))
+		}
+
 		// Removing two replicas: the rest share the ports, the removed
-		// ones get nothing.
+		// ones get nothing, not even the flows they had.
 		if err := b.Unpublish(ctx, ids[:2]); err != nil {
 			t.Fatal(err)
+		}
+		for _, conn := range stale {
+			if s, err := askOn(conn); err != nil || s != "r2" && s != "r3" {
+				t.Errorf("a UDP flow that went to a removed replica, sent again from the same port: %q, %v; want r2 or r3", s, err)
+			}
 		}
 		for _, tc := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:8080"}, {"udp4", "127.0.0.1:5353"}} {
 			if got := tally(tc.network, tc.addr, 40); !mapsEqual(got, map[string]int{"r2": 20, "r3": 20}) {
