@@ -13,9 +13,12 @@
 //
 // Each container is started from a short-lived, locked OS thread that first
 // unshares its own mount and network namespaces (no network namespace for
-// the host network). In that private mount namespace the thread mounts the
-// image's read-only overlay (lowerdirs only: nothing is copied per
-// container); in that network namespace the network package wires eth0 (a
+// the host network). In that private mount namespace the thread attaches
+// the image's read-only overlay (lowerdirs only: nothing is copied per
+// container), a clone of one detached overlay mount made once per spawn
+// group, so that a thousand containers share one superblock (see
+// sharedRootfs; older kernels mount one per container); in that network
+// namespace the network package wires eth0 (a
 // veth on a bridge, or a macvlan on the LAN's interface). libcontainer then forks the container's init from this
 // thread, so the init inherits both, and the thread dies with its goroutine
 // once the container runs. The host's mount table never holds a

@@ -19,9 +19,10 @@ import (
 type launch struct {
 	id       string
 	hostname string
-	rootfs   string      // mount point; empty on the host
-	cgroup   string      // cgroup path, e.g. /pirun/<id>
-	mount    image.Mount // the image's read-only overlay
+	rootfs   string        // mount point; empty on the host
+	cgroup   string        // cgroup path, e.g. /pirun/<id>
+	mount    image.Mount   // the image's read-only overlay
+	shared   *sharedRootfs // the group's overlay to attach, or nil: mount one
 	tmpl     *template
 	// wire sets up the container's network inside the namespace at
 	// nsPath; nil: the container has no network namespace of its own.
@@ -66,7 +67,11 @@ func (l *launch) startLocked(runcRoot string) (_ *libcontainer.Process, err erro
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return nil, fmt.Errorf("make the launcher's mounts private: %w", err)
 	}
-	if err := mountSpec(l.mount, l.rootfs); err != nil {
+	if l.shared != nil {
+		if err := l.shared.attach(l.rootfs); err != nil {
+			return nil, err
+		}
+	} else if err := mountSpec(l.mount, l.rootfs); err != nil {
 		return nil, err
 	}
 	nsPath := "" // the host's

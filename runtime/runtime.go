@@ -231,9 +231,12 @@ type group struct {
 	cfg   Config
 	img   *image.Image
 	mount image.Mount
-	tmpl  *template
-	drv   network.Driver  // nil for the host network and none
-	net   *network.Bridge // drv, on the bridge network (ports need it)
+	// shared is the group's one overlay superblock (nil: a mount per
+	// container); the os.File in it closes when the group is collected.
+	shared *sharedRootfs
+	tmpl   *template
+	drv    network.Driver  // nil for the host network and none
+	net    *network.Bridge // drv, on the bridge network (ports need it)
 }
 
 func (r *Runtime) prepare(ctx context.Context, cfg Config) (*group, error) {
@@ -260,7 +263,7 @@ func (r *Runtime) prepare(ctx context.Context, cfg Config) (*group, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &group{cfg: cfg, img: img, mount: m, tmpl: tmpl}
+	g := &group{cfg: cfg, img: img, mount: m, shared: newSharedRootfs(m), tmpl: tmpl}
 	if g.drv, err = r.driver(&cfg); err != nil {
 		return nil, err
 	}
@@ -626,7 +629,7 @@ func (r *Runtime) startOne(ctx context.Context, g *group, c *started, stdio *Std
 		return fmt.Errorf("container %s: %w", c.Name, errGone) // a restart that stop or rm overtook
 	}
 	l := &launch{
-		id: c.ID, hostname: c.Name, rootfs: c.RootfsDir, cgroup: c.CgroupPath, mount: g.mount, tmpl: g.tmpl, log: r.log,
+		id: c.ID, hostname: c.Name, rootfs: c.RootfsDir, cgroup: c.CgroupPath, mount: g.mount, shared: g.shared, tmpl: g.tmpl, log: r.log,
 		wire: r.wire(ctx, g, c),
 	}
 	if stdio != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/pirun/pirun/image"
 	"github.com/pirun/pirun/internal/testutil"
@@ -275,6 +276,19 @@ func TestSpawnServeStopRemove(t *testing.T) {
 	}
 	if len(listed) != n {
 		t.Fatalf("listed %d containers, want %d", len(listed), n)
+	}
+	// The spawn's containers share one overlay superblock. A kernel that
+	// cannot clone a detached mount gives each its own, never a mix.
+	devs := map[string]int{}
+	for _, c := range listed {
+		devs[rootDevice(t, c.Pid)]++
+	}
+	switch {
+	case len(devs) == 1:
+	case len(devs) == n && kernelMajor(t) < 6:
+		t.Logf("Linux %d: a rootfs superblock per container", kernelMajor(t))
+	default:
+		t.Errorf("rootfs superblocks of the %d containers: %v, want one shared", n, devs)
 	}
 	client := &http.Client{Timeout: 5 * time.Second}
 	for _, c := range listed {
@@ -826,4 +840,30 @@ func TestSeccomp(t *testing.T) {
 	if _, err := rt.Start(ctx, runtime.Config{Image: imageName, Network: runtime.NetworkNone, Seccomp: "lenient"}); !errors.Is(err, runtime.ErrInvalidConfig) {
 		t.Errorf("seccomp lenient: %v, want ErrInvalidConfig", err)
 	}
+}
+
+// rootDevice returns the device (major:minor) of the mount at / of pid.
+func rootDevice(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == "/" {
+			return f[2]
+		}
+	}
+	t.Fatalf("pid %d: no mount at /", pid)
+	return ""
+}
+
+func kernelMajor(t *testing.T) int {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	var major int
+	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d", &major)
+	return major
 }
