@@ -23,6 +23,7 @@ import (
 	"github.com/pirun/pirun/internal/testutil"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // The re-executed test binary allocates addresses and prints them.
@@ -712,6 +713,14 @@ func TestAttachConnectivity(t *testing.T) {
 		if hv, err := netlink.LinkByName(eps[0].HostIf); err == nil {
 			if v6, _ := netlink.AddrList(hv, netlink.FAMILY_V6); len(v6) != 0 {
 				t.Errorf("%s has IPv6 addresses %v", eps[0].HostIf, v6)
+			}
+			// Nor IPv6 at all on the host side: no route per port in the
+			// host's IPv6 table.
+			if v, err := readSysctl("/proc/sys", "net/ipv6/conf/"+eps[0].HostIf+"/disable_ipv6"); err == nil && v != 1 {
+				t.Errorf("%s: disable_ipv6 = %d, want 1", eps[0].HostIf, v)
+			}
+			if rs, _ := netlink.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{LinkIndex: hv.Attrs().Index, Table: unix.RT_TABLE_LOCAL}, netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE); len(rs) != 0 {
+				t.Errorf("%s has IPv6 routes %v", eps[0].HostIf, rs)
 			}
 		}
 		routes, _ := h.RouteList(nil, netlink.FAMILY_V4)
