@@ -18,8 +18,10 @@ import (
 	"github.com/pirun/pirun/network"
 )
 
-// killWait is how long a SIGKILLed init may take to be gone.
-const killWait = 10 * time.Second
+// killWait is how long SIGKILLed inits may take to be gone: 10 s, and 10 ms
+// more for each, because the kernel tears their namespaces and mounts down
+// one after the other (10,000 at once took over a minute here).
+func killWait(n int) time.Duration { return 10*time.Second + time.Duration(n)*10*time.Millisecond }
 
 // Stop stops the containers with the given ids: SIGTERM, then SIGKILL for
 // those still running after timeout (busybox httpd as PID 1 ignores
@@ -37,8 +39,9 @@ func (r *Runtime) Stop(ctx context.Context, ids []string, timeout time.Duration)
 	left := waitProcs(ctx, procs, timeout)
 	if len(left) > 0 {
 		signalAll(left, unix.SIGKILL)
-		for _, p := range waitProcs(ctx, left, killWait) {
-			errs = append(errs, fmt.Errorf("container %s: still running %s after SIGKILL", p.c.Name, killWait))
+		wait := killWait(len(left))
+		for _, p := range waitProcs(ctx, left, wait) {
+			errs = append(errs, fmt.Errorf("container %s: still running %s after SIGKILL", p.c.Name, wait))
 		}
 	}
 	return errors.Join(errs...)
@@ -209,8 +212,9 @@ func (r *Runtime) removeIDs(ctx context.Context, ids []string, force bool) error
 		}
 	}
 	signalAll(victims, unix.SIGKILL)
-	for _, p := range waitProcs(ctx, victims, killWait) {
-		addErr(fmt.Errorf("container %s: still running %s after SIGKILL", p.c.Name, killWait))
+	wait := killWait(len(victims))
+	for _, p := range waitProcs(ctx, victims, wait) {
+		addErr(fmt.Errorf("container %s: still running %s after SIGKILL", p.c.Name, wait))
 		keep = remove(keep, p.c.ID)
 	}
 	closeAll(victims)
