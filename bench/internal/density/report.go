@@ -180,8 +180,11 @@ func med(s Stat, prec int) string {
 	return fmt.Sprintf("%.*f", prec, s.Median)
 }
 
+// ratio is a's median over b's; none when either is not positive (a
+// MemAvailable that rose during a run: the kernel was freeing memory of
+// something else, and the reading says nothing).
 func ratio(a, b Stat) string {
-	if a.N == 0 || b.N == 0 || b.Median == 0 {
+	if a.N == 0 || b.N == 0 || b.Median <= 0 || a.Median <= 0 {
 		return "–"
 	}
 	return fmt.Sprintf("%.1f×", a.Median/b.Median)
