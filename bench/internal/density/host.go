@@ -41,15 +41,33 @@ func readMeminfo() (Meminfo, error) {
 
 // settledMeminfo frees what the harness itself holds, drops the page cache,
 // dentries and inodes, lets the kernel settle, and reads /proc/meminfo.
+//
+// Settling means MemAvailable moving less than 2 MiB in half a second (for
+// at most 30 s). The kernel frees the memory cgroups of removed containers
+// late, once their last pages go (drop_caches frees those), and each can
+// hold over 1 MB (a slot per shrinker: see the README): read too early
+// after a teardown, MemAvailable rises during the next run and the reading
+// of that run is worthless (pirun's N=100 read −3 and −193 kB/container so).
 func settledMeminfo() (Meminfo, error) {
 	runtime.GC()
 	debug.FreeOSMemory()
 	exec.Command("sync").Run()
-	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
-		return nil, err
+	var prev int64 = -1 << 62
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
+			return nil, err
+		}
+		time.Sleep(500 * time.Millisecond)
+		m, err := readMeminfo()
+		if err != nil {
+			return nil, err
+		}
+		cur := m["MemAvailable"]
+		if d := cur - prev; d < 2048 && d > -2048 || time.Now().After(deadline) {
+			return m, nil
+		}
+		prev = cur
 	}
-	time.Sleep(500 * time.Millisecond)
-	return readMeminfo()
 }
 
 // proc is one process of the host.
