@@ -50,7 +50,7 @@ func (b *Bridge) Attach(ctx context.Context, ep Endpoint, nsPath string) (err er
 		return fmt.Errorf("network %s: container %q: open namespace %s: %w", b.name, ep.ContainerID, nsPath, err)
 	}
 	defer ns.Close()
-	br, err := b.nl.LinkByName(brName)
+	br, err := b.nl.get().LinkByName(brName)
 	if err != nil {
 		return fmt.Errorf("network %s: container %q: look up bridge %s (was the address allocated?): %w", b.name, ep.ContainerID, brName, err)
 	}
@@ -61,13 +61,13 @@ func (b *Bridge) Attach(ctx context.Context, ep Endpoint, nsPath string) (err er
 	attrs.Name = ep.HostIf
 	attrs.MTU = br.Attrs().MTU
 	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: containerIf, PeerNamespace: netlink.NsFd(int(ns)), PeerTxQLen: -1}
-	err = b.nl.LinkAdd(veth)
+	err = b.nl.get().LinkAdd(veth)
 	if errors.Is(err, unix.EEXIST) {
 		// The container's previous veth, whose namespace the kernel has
 		// not finished tearing down (a restart right after its init
 		// died): its name is this container's, so it goes.
 		if derr := b.deleteVeth(ep); derr == nil {
-			err = b.nl.LinkAdd(veth)
+			err = b.nl.get().LinkAdd(veth)
 		}
 	}
 	if err != nil {
@@ -86,7 +86,7 @@ func (b *Bridge) Attach(ctx context.Context, ep Endpoint, nsPath string) (err er
 	// A bridge port has no use for an address: no IPv6 link-local either,
 	// so no duplicate address detection, router solicitation or multicast
 	// reports for it.
-	if err := b.nl.LinkSetIP6AddrGenMode(veth, nl.IN6_ADDR_GEN_MODE_NONE); err != nil {
+	if err := b.nl.get().LinkSetIP6AddrGenMode(veth, nl.IN6_ADDR_GEN_MODE_NONE); err != nil {
 		return fmt.Errorf("network %s: container %q: no IPv6 address on %s: %w", b.name, ep.ContainerID, ep.HostIf, err)
 	}
 	// Nor IPv6 at all: with it on, bringing the port up adds a multicast
@@ -100,13 +100,13 @@ func (b *Bridge) Attach(ctx context.Context, ep Endpoint, nsPath string) (err er
 	}); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("network %s: container %q: turn IPv6 off on %s: %w", b.name, ep.ContainerID, ep.HostIf, err)
 	}
-	if err := b.nl.LinkSetMasterByIndex(veth, br.Attrs().Index); err != nil {
+	if err := b.nl.get().LinkSetMasterByIndex(veth, br.Attrs().Index); err != nil {
 		if errors.Is(err, unix.EXFULL) {
 			return fmt.Errorf("network %s: container %q: bridge %s: %w (ports pirun did not add?): %w", b.name, ep.ContainerID, brName, ErrBridgeFull, err)
 		}
 		return fmt.Errorf("network %s: container %q: attach %s to bridge %s: %w", b.name, ep.ContainerID, ep.HostIf, brName, err)
 	}
-	if err := b.nl.LinkSetUp(veth); err != nil {
+	if err := b.nl.get().LinkSetUp(veth); err != nil {
 		return fmt.Errorf("network %s: container %q: set %s up: %w", b.name, ep.ContainerID, ep.HostIf, err)
 	}
 

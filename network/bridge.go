@@ -84,7 +84,7 @@ type Bridge struct {
 	sysctlDir string
 
 	hostNS netns.NsHandle
-	nl     *netlink.Handle // bound to hostNS
+	nl     handle // *netlink.Handle bound to hostNS
 
 	iptMu sync.Mutex
 	ipt   *iptables.IPTables // created on first use, in hostNS
@@ -135,17 +135,19 @@ func NewBridge(stateDir string, opts ...Option) (_ *Bridge, err error) {
 	if b.hostNS, err = netns.Get(); err != nil {
 		return nil, fmt.Errorf("network %s: host network namespace: %w", b.name, err)
 	}
-	if b.nl, err = netlink.NewHandleAt(b.hostNS, unix.NETLINK_ROUTE); err != nil {
+	h, err := netlink.NewHandleAt(b.hostNS, unix.NETLINK_ROUTE)
+	if err != nil {
 		b.hostNS.Close()
 		return nil, fmt.Errorf("network %s: netlink handle: %w", b.name, err)
 	}
+	b.nl = newHandle(h)
 	return b, nil
 }
 
 // Close releases the netlink handle and the namespace reference. It leaves
 // the network itself as it is.
 func (b *Bridge) Close() error {
-	b.nl.Close()
+	b.nl.get().Close()
 	return b.hostNS.Close()
 }
 
@@ -359,7 +361,7 @@ func (b *Bridge) checkIDs(ids []string) error {
 // than those of the network's own bridges.
 func (b *Bridge) checkOverlap() error {
 	routes, err := retryDump(func() ([]netlink.Route, error) {
-		return b.nl.RouteList(nil, netlink.FAMILY_V4)
+		return b.nl.get().RouteList(nil, netlink.FAMILY_V4)
 	})
 	if err != nil {
 		return fmt.Errorf("network %s: list routes: %w", b.name, err)
@@ -373,7 +375,7 @@ func (b *Bridge) checkOverlap() error {
 			continue // a default route overlaps everything
 		}
 		dev := ""
-		if l, err := b.nl.LinkByIndex(rt.LinkIndex); err == nil {
+		if l, err := b.nl.get().LinkByIndex(rt.LinkIndex); err == nil {
 			dev = l.Attrs().Name
 			if _, ours := b.sliceOfBridge(dev); ours {
 				continue
@@ -390,14 +392,14 @@ func (b *Bridge) checkOverlap() error {
 // link; on error it removes what it made.
 func (b *Bridge) ensureBridge(k int) (created bool, err error) {
 	name := b.bridgeName(k)
-	link, err := b.nl.LinkByName(name)
+	link, err := b.nl.get().LinkByName(name)
 	if isLinkNotFound(err) {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = name
 		// A MAC set at creation is kept: the bridge does not take its
 		// lowest port's address, which would change as ports come and go.
 		attrs.HardwareAddr = randomMAC()
-		err = b.nl.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
+		err = b.nl.get().LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
 		switch {
 		case err == nil:
 			created = true
@@ -406,7 +408,7 @@ func (b *Bridge) ensureBridge(k int) (created bool, err error) {
 		default:
 			return false, fmt.Errorf("network %s: create bridge %s: %w", b.name, name, err)
 		}
-		link, err = b.nl.LinkByName(name)
+		link, err = b.nl.get().LinkByName(name)
 	}
 	if err != nil {
 		return false, fmt.Errorf("network %s: look up bridge %s: %w", b.name, name, err)
@@ -421,7 +423,7 @@ func (b *Bridge) ensureBridge(k int) (created bool, err error) {
 	if _, ok := link.(*netlink.Bridge); !ok {
 		return created, fmt.Errorf("network %s: link %s is a %s, not a bridge: %w", b.name, name, link.Type(), ErrInvalidConfig)
 	}
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return b.nl.AddrList(link, netlink.FAMILY_V4) })
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return b.nl.get().AddrList(link, netlink.FAMILY_V4) })
 	if err != nil {
 		return created, fmt.Errorf("network %s: list addresses of bridge %s: %w", b.name, name, err)
 	}
@@ -441,12 +443,12 @@ func (b *Bridge) ensureBridge(k int) (created bool, err error) {
 	}
 	if !found {
 		gw := &netlink.Addr{IPNet: ipNet(want)}
-		if err := b.nl.AddrAdd(link, gw); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := b.nl.get().AddrAdd(link, gw); err != nil && !errors.Is(err, unix.EEXIST) {
 			return created, fmt.Errorf("network %s: add gateway %s to bridge %s: %w", b.name, want, name, err)
 		}
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
-		if err := b.nl.LinkSetUp(link); err != nil {
+		if err := b.nl.get().LinkSetUp(link); err != nil {
 			return created, fmt.Errorf("network %s: set bridge %s up: %w", b.name, name, err)
 		}
 	}
@@ -455,7 +457,7 @@ func (b *Bridge) ensureBridge(k int) (created bool, err error) {
 
 // deleteBridge removes a bridge of the network; a missing bridge is success.
 func (b *Bridge) deleteBridge(name string) error {
-	link, err := b.nl.LinkByName(name)
+	link, err := b.nl.get().LinkByName(name)
 	if isLinkNotFound(err) {
 		return nil
 	}
@@ -465,7 +467,7 @@ func (b *Bridge) deleteBridge(name string) error {
 	if _, ok := link.(*netlink.Bridge); !ok {
 		return fmt.Errorf("network %s: link %s is a %s, not a bridge: left alone: %w", b.name, name, link.Type(), ErrInvalidConfig)
 	}
-	if err := b.nl.LinkDel(link); err != nil && !isLinkNotFound(err) {
+	if err := b.nl.get().LinkDel(link); err != nil && !isLinkNotFound(err) {
 		return fmt.Errorf("network %s: delete bridge %s: %w", b.name, name, err)
 	}
 	b.log.Debug("deleted bridge", "network", b.name, "bridge", name)
@@ -570,7 +572,7 @@ func (b *Bridge) teardown(del, unruled []int, all bool) error {
 }
 
 func (b *Bridge) deleteVeth(ep Endpoint) error {
-	link, err := b.nl.LinkByName(ep.HostIf)
+	link, err := b.nl.get().LinkByName(ep.HostIf)
 	if isLinkNotFound(err) {
 		return nil
 	}
@@ -580,7 +582,7 @@ func (b *Bridge) deleteVeth(ep Endpoint) error {
 	if _, ok := link.(*netlink.Veth); !ok {
 		return fmt.Errorf("network %s: container %q: link %s is a %s, not a veth: left alone: %w", b.name, ep.ContainerID, ep.HostIf, link.Type(), ErrInvalidConfig)
 	}
-	if err := b.nl.LinkDel(link); err != nil && !isLinkNotFound(err) {
+	if err := b.nl.get().LinkDel(link); err != nil && !isLinkNotFound(err) {
 		return fmt.Errorf("network %s: container %q: delete %s: %w", b.name, ep.ContainerID, ep.HostIf, err)
 	}
 	return nil

@@ -74,7 +74,7 @@ type Macvlan struct {
 	log     *slog.Logger
 
 	hostNS netns.NsHandle
-	nl     *netlink.Handle // bound to hostNS
+	nl     handle // *netlink.Handle bound to hostNS
 }
 
 var (
@@ -121,17 +121,19 @@ func NewMacvlan(stateDir string, cfg MacvlanConfig, opts ...Option) (_ *Macvlan,
 	if m.hostNS, err = netns.Get(); err != nil {
 		return nil, fmt.Errorf("macvlan network on %s: host network namespace: %w", m.parent, err)
 	}
-	if m.nl, err = netlink.NewHandleAt(m.hostNS, unix.NETLINK_ROUTE); err != nil {
+	h, err := netlink.NewHandleAt(m.hostNS, unix.NETLINK_ROUTE)
+	if err != nil {
 		m.hostNS.Close()
 		return nil, fmt.Errorf("macvlan network on %s: netlink handle: %w", m.parent, err)
 	}
+	m.nl = newHandle(h)
 	return m, nil
 }
 
 // Close releases the netlink handle and the namespace reference. It leaves
 // the network itself as it is.
 func (m *Macvlan) Close() error {
-	m.nl.Close()
+	m.nl.get().Close()
 	return m.hostNS.Close()
 }
 
@@ -166,7 +168,7 @@ type plan struct {
 // that they fit: ErrSubnetFull, ErrSubnetOverlap, ErrInvalidConfig (no
 // subnet, or one other than the network's in use). Call it under the lock.
 func (m *Macvlan) plan(n int) (*plan, error) {
-	parent, err := m.nl.LinkByName(m.parent)
+	parent, err := m.nl.get().LinkByName(m.parent)
 	if err != nil {
 		return nil, fmt.Errorf("macvlan network: parent %s: %w", m.parent, err)
 	}
@@ -194,7 +196,7 @@ func (m *Macvlan) plan(n int) (*plan, error) {
 	for a := range owners {
 		p.taken[a] = true
 	}
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return m.nl.AddrList(parent, netlink.FAMILY_V4) })
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return m.nl.get().AddrList(parent, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, fmt.Errorf("macvlan network on %s: list the parent's addresses: %w", m.parent, err)
 	}
@@ -232,7 +234,7 @@ func lastAddr(p netip.Prefix) netip.Addr {
 func (m *Macvlan) newNetwork(parent netlink.Link) (*macvlanRecord, error) {
 	subnet := m.subnet
 	if !subnet.IsValid() {
-		addrs, err := retryDump(func() ([]netlink.Addr, error) { return m.nl.AddrList(parent, netlink.FAMILY_V4) })
+		addrs, err := retryDump(func() ([]netlink.Addr, error) { return m.nl.get().AddrList(parent, netlink.FAMILY_V4) })
 		if err != nil {
 			return nil, fmt.Errorf("macvlan network on %s: list the parent's addresses: %w", m.parent, err)
 		}
@@ -248,7 +250,7 @@ func (m *Macvlan) newNetwork(parent netlink.Link) (*macvlanRecord, error) {
 	}
 	gw := m.gateway
 	if !gw.IsValid() {
-		routes, err := retryDump(func() ([]netlink.Route, error) { return m.nl.RouteList(parent, netlink.FAMILY_V4) })
+		routes, err := retryDump(func() ([]netlink.Route, error) { return m.nl.get().RouteList(parent, netlink.FAMILY_V4) })
 		if err != nil {
 			return nil, fmt.Errorf("macvlan network on %s: list the parent's routes: %w", m.parent, err)
 		}
@@ -279,7 +281,7 @@ func (m *Macvlan) newNetwork(parent netlink.Link) (*macvlanRecord, error) {
 // checkOverlap refuses a subnet that overlaps a route of the host other
 // than the LAN's own (on the parent) and pirun's (on its host-side link).
 func (m *Macvlan) checkOverlap(p *plan) error {
-	routes, err := retryDump(func() ([]netlink.Route, error) { return m.nl.RouteList(nil, netlink.FAMILY_V4) })
+	routes, err := retryDump(func() ([]netlink.Route, error) { return m.nl.get().RouteList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("macvlan network on %s: list routes: %w", m.parent, err)
 	}
@@ -289,7 +291,7 @@ func (m *Macvlan) checkOverlap(p *plan) error {
 			continue
 		}
 		dev := ""
-		if l, err := m.nl.LinkByIndex(rt.LinkIndex); err == nil {
+		if l, err := m.nl.get().LinkByIndex(rt.LinkIndex); err == nil {
 			if l.Attrs().Name == p.net.HostIf {
 				continue
 			}
@@ -416,7 +418,7 @@ func (m *Macvlan) Allocate(ctx context.Context, ids []string) (_ []Endpoint, err
 			Src:       nw.HostAddress.AsSlice(),
 			Scope:     netlink.SCOPE_LINK,
 		}
-		if err := m.nl.RouteReplace(route); err != nil {
+		if err := m.nl.get().RouteReplace(route); err != nil {
 			return nil, fmt.Errorf("macvlan network on %s: container %q: route to %s through %s: %w", m.parent, id, addrs[i], nw.HostIf, err)
 		}
 		eps[i] = Endpoint{
@@ -438,18 +440,18 @@ func (m *Macvlan) Allocate(ctx context.Context, ids []string) (_ []Endpoint, err
 // that name that is something else, or holds another address (another
 // state directory's network on the same parent), is refused.
 func (m *Macvlan) ensureHostLink(nw *macvlanRecord, parent netlink.Link) (netlink.Link, error) {
-	link, err := m.nl.LinkByName(nw.HostIf)
+	link, err := m.nl.get().LinkByName(nw.HostIf)
 	if isLinkNotFound(err) {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = nw.HostIf
 		attrs.ParentIndex = parent.Attrs().Index
 		attrs.HardwareAddr = macvlanMAC(nw.HostAddress)
-		err = m.nl.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE})
+		err = m.nl.get().LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE})
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("macvlan network on %s: create %s: %w", m.parent, nw.HostIf, err)
 		}
 		m.log.Debug("created host-side macvlan", "parent", m.parent, "link", nw.HostIf)
-		link, err = m.nl.LinkByName(nw.HostIf)
+		link, err = m.nl.get().LinkByName(nw.HostIf)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("macvlan network on %s: look up %s: %w", m.parent, nw.HostIf, err)
@@ -457,7 +459,7 @@ func (m *Macvlan) ensureHostLink(nw *macvlanRecord, parent netlink.Link) (netlin
 	if mv, ok := link.(*netlink.Macvlan); !ok || mv.ParentIndex != parent.Attrs().Index {
 		return nil, fmt.Errorf("macvlan network on %s: link %s is a %s, not a macvlan on %s: %w", m.parent, nw.HostIf, link.Type(), m.parent, ErrInvalidConfig)
 	}
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return m.nl.AddrList(link, netlink.FAMILY_V4) })
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return m.nl.get().AddrList(link, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, fmt.Errorf("macvlan network on %s: list addresses of %s: %w", m.parent, nw.HostIf, err)
 	}
@@ -474,17 +476,17 @@ func (m *Macvlan) ensureHostLink(nw *macvlanRecord, parent netlink.Link) (netlin
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		// Before it is up: no IPv6 link-local address, so no duplicate
 		// address detection or router solicitation on the LAN.
-		if err := m.nl.LinkSetIP6AddrGenMode(link, nl.IN6_ADDR_GEN_MODE_NONE); err != nil {
+		if err := m.nl.get().LinkSetIP6AddrGenMode(link, nl.IN6_ADDR_GEN_MODE_NONE); err != nil {
 			return nil, fmt.Errorf("macvlan network on %s: no IPv6 address on %s: %w", m.parent, nw.HostIf, err)
 		}
 	}
 	if !found {
-		if err := m.nl.AddrAdd(link, &netlink.Addr{IPNet: ipNet(want)}); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := m.nl.get().AddrAdd(link, &netlink.Addr{IPNet: ipNet(want)}); err != nil && !errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("macvlan network on %s: add %s to %s: %w", m.parent, want, nw.HostIf, err)
 		}
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
-		if err := m.nl.LinkSetUp(link); err != nil {
+		if err := m.nl.get().LinkSetUp(link); err != nil {
 			return nil, fmt.Errorf("macvlan network on %s: set %s up: %w", m.parent, nw.HostIf, err)
 		}
 	}
@@ -497,7 +499,7 @@ func (m *Macvlan) deleteRoute(host netlink.Link, a netip.Addr) error {
 	if host == nil {
 		return nil
 	}
-	err := m.nl.RouteDel(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: ipNet(netip.PrefixFrom(a, 32)), Scope: netlink.SCOPE_LINK})
+	err := m.nl.get().RouteDel(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: ipNet(netip.PrefixFrom(a, 32)), Scope: netlink.SCOPE_LINK})
 	if err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("macvlan network on %s: delete route to %s: %w", m.parent, a, err)
 	}
@@ -511,7 +513,7 @@ func (m *Macvlan) deleteRoute(host netlink.Link, a netip.Addr) error {
 // the host) is not this network's: nil, and left alone. A link of that
 // name that is not a macvlan is an error.
 func (m *Macvlan) hostLink(rec *macvlanRecord) (netlink.Link, error) {
-	link, err := m.nl.LinkByName(rec.HostIf)
+	link, err := m.nl.get().LinkByName(rec.HostIf)
 	if isLinkNotFound(err) {
 		return nil, nil
 	}
@@ -521,12 +523,12 @@ func (m *Macvlan) hostLink(rec *macvlanRecord) (netlink.Link, error) {
 	if _, ok := link.(*netlink.Macvlan); !ok {
 		return nil, fmt.Errorf("macvlan network on %s: link %s is a %s, not a macvlan: left alone: %w", m.parent, rec.HostIf, link.Type(), ErrInvalidConfig)
 	}
-	parent, err := m.nl.LinkByIndex(link.Attrs().ParentIndex)
+	parent, err := m.nl.get().LinkByIndex(link.Attrs().ParentIndex)
 	if err != nil || parent.Attrs().Name != m.parent {
 		m.log.Debug("host-side link is on another parent, left alone", "parent", m.parent, "link", rec.HostIf)
 		return nil, nil
 	}
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return m.nl.AddrList(link, netlink.FAMILY_V4) })
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return m.nl.get().AddrList(link, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, fmt.Errorf("macvlan network on %s: list addresses of %s: %w", m.parent, rec.HostIf, err)
 	}
@@ -548,7 +550,7 @@ func (m *Macvlan) teardown(rec *macvlanRecord) error {
 		return err
 	}
 	if link != nil {
-		if err := m.nl.LinkDel(link); err != nil && !isLinkNotFound(err) {
+		if err := m.nl.get().LinkDel(link); err != nil && !isLinkNotFound(err) {
 			return fmt.Errorf("macvlan network on %s: delete %s: %w", m.parent, rec.HostIf, err)
 		}
 		m.log.Debug("deleted host-side macvlan", "parent", m.parent, "link", rec.HostIf)
@@ -645,7 +647,7 @@ func (m *Macvlan) Attach(ctx context.Context, ep Endpoint, nsPath string) (err e
 	if ep.Driver != DriverMacvlan || ep.Parent != m.parent || !ep.Address.Addr().Is4() || !ep.Gateway.Is4() {
 		return fmt.Errorf("macvlan network on %s: container %q: endpoint %+v is not one of this network's: %w", m.parent, ep.ContainerID, ep, ErrInvalidConfig)
 	}
-	parent, err := m.nl.LinkByName(m.parent)
+	parent, err := m.nl.get().LinkByName(m.parent)
 	if err != nil {
 		return fmt.Errorf("macvlan network on %s: container %q: look up the parent: %w", m.parent, ep.ContainerID, err)
 	}
@@ -667,7 +669,7 @@ func (m *Macvlan) Attach(ctx context.Context, ep Endpoint, nsPath string) (err e
 	attrs.ParentIndex = parent.Attrs().Index
 	attrs.Namespace = netlink.NsFd(int(ns))
 	attrs.HardwareAddr = macvlanMAC(ep.Address.Addr())
-	if err := m.nl.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE}); err != nil {
+	if err := m.nl.get().LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE}); err != nil {
 		return fmt.Errorf("macvlan network on %s: container %q: create %s in %s: %w", m.parent, ep.ContainerID, containerIf, nsPath, err)
 	}
 	eth0, err := h.LinkByName(containerIf)

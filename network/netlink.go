@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -34,6 +35,20 @@ func isLinkNotFound(err error) bool {
 	var nf netlink.LinkNotFoundError
 	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
 }
+
+// handle is a *netlink.Handle held as an unsafe.Pointer. Bridge and Macvlan
+// are used through the Driver interface, and the linker treats every type
+// reachable from a type converted to an interface as converted too; with
+// text/template in the binary (MethodByName: the CLI's --format) it then
+// keeps every exported method of such a type. A *netlink.Handle field so
+// kept all of netlink's API (devlink, xfrm, rdma, conntrack, ...): 900 kB,
+// which took the static amd64 binary over its 25 MiB budget. Behind an
+// unsafe.Pointer only the methods pirun calls are linked.
+type handle struct{ p unsafe.Pointer }
+
+func newHandle(h *netlink.Handle) handle { return handle{unsafe.Pointer(h)} }
+
+func (h handle) get() *netlink.Handle { return (*netlink.Handle)(h.p) }
 
 // inHost runs f on a thread locked into the bridge's host namespace, so the
 // programs it runs (iptables) and the /proc/sys/net files it opens are the

@@ -655,11 +655,11 @@ func (b *Bridge) Reattach(ctx context.Context, ep Endpoint) error {
 // with the veth.
 func (b *Bridge) setHairpin(eps []Endpoint) error {
 	for _, ep := range eps {
-		l, err := b.nl.LinkByName(ep.HostIf)
+		l, err := b.nl.get().LinkByName(ep.HostIf)
 		if err != nil {
 			return fmt.Errorf("network %s: container %q: look up %s: %w", ep.Network, ep.ContainerID, ep.HostIf, err)
 		}
-		if err := b.nl.LinkSetHairpin(l, true); err != nil {
+		if err := b.nl.get().LinkSetHairpin(l, true); err != nil {
 			return fmt.Errorf("network %s: container %q: hairpin mode on %s: %w", ep.Network, ep.ContainerID, ep.HostIf, err)
 		}
 	}

@@ -64,7 +64,7 @@ type hostView struct {
 }
 
 func (b *Bridge) viewHost() (*hostView, error) {
-	links, err := retryDump(b.nl.LinkList)
+	links, err := retryDump(b.nl.get().LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("network %s: list links: %w", b.name, err)
 	}
@@ -278,7 +278,7 @@ func (b *Bridge) Prune(ctx context.Context, inUse func(containerID string) bool)
 				kept = append(kept, l)
 				continue
 			}
-			if err := b.nl.LinkDel(l); err != nil && !isLinkNotFound(err) {
+			if err := b.nl.get().LinkDel(l); err != nil && !isLinkNotFound(err) {
 				errs = append(errs, fmt.Errorf("network %s: delete %s: %w", b.name, name, err))
 				kept = append(kept, l)
 				continue
@@ -350,7 +350,7 @@ func (b *Bridge) Prune(ctx context.Context, inUse func(containerID string) bool)
 // no IPv4 address but the gateway pirun gives it (with the slice's prefix
 // length, or the subnet's, as pirun did before slices).
 func (b *Bridge) holdsOnlyGateway(l netlink.Link, k int) (bool, string) {
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return b.nl.AddrList(l, netlink.FAMILY_V4) })
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return b.nl.get().AddrList(l, netlink.FAMILY_V4) })
 	if err != nil {
 		return false, fmt.Sprintf("cannot list its addresses: %v", err)
 	}
