@@ -48,6 +48,8 @@ func newSharedRootfs(m image.Mount) *sharedRootfs {
 		case o == "ro":
 			attr |= unix.MOUNT_ATTR_RDONLY
 		case o == "rw":
+		case k == "lowerdir":
+			err = setLowerdirs(fd, v)
 		case hasValue:
 			err = unix.FsconfigSetString(fd, k, v)
 		default:
@@ -89,6 +91,22 @@ func (s *sharedRootfs) attach(target string) error {
 	defer unix.Close(c)
 	if err := unix.MoveMount(c, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return fmt.Errorf("attach the group's rootfs at %s: %w", target, err)
+	}
+	return nil
+}
+
+// setLowerdirs gives the overlay its lowerdirs (top first, ':'-separated)
+// one by one with "lowerdir+" (Linux 6.8), since fsconfig takes at most
+// 256 bytes per string: a whole lowerdir= of an image of a few layers is
+// longer. Older kernels get the whole string, which then fits or not.
+func setLowerdirs(fd int, v string) error {
+	for i, dir := range strings.Split(v, ":") {
+		if err := unix.FsconfigSetString(fd, "lowerdir+", dir); err != nil {
+			if i == 0 {
+				return unix.FsconfigSetString(fd, "lowerdir", v)
+			}
+			return err
+		}
 	}
 	return nil
 }
