@@ -336,7 +336,10 @@ func (r *Runtime) teardown(id string) (*Container, error) {
 // forget removes a torn-down container's name and directory (record, log).
 func (r *Runtime) forget(c *Container) error {
 	unlock, err := r.st.lock(c.ID)
-	if err != nil {
+	if errors.Is(err, ErrNotFound) {
+		// Removed meanwhile by another pirun's rm: at most its name is left.
+		unlock = func() {}
+	} else if err != nil {
 		return err
 	}
 	defer unlock()

@@ -263,7 +263,10 @@ func (r *Runtime) prepare(ctx context.Context, cfg Config) (*group, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &group{cfg: cfg, img: img, mount: m, shared: newSharedRootfs(m), tmpl: tmpl}
+	g := &group{cfg: cfg, img: img, mount: m, tmpl: tmpl}
+	if g.shared, err = newSharedRootfs(m); err != nil {
+		r.log.Debug("a rootfs mount per container", "image", img.Name, "reason", err)
+	}
 	if g.drv, err = r.driver(&cfg); err != nil {
 		return nil, err
 	}

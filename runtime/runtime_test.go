@@ -277,18 +277,14 @@ func TestSpawnServeStopRemove(t *testing.T) {
 	if len(listed) != n {
 		t.Fatalf("listed %d containers, want %d", len(listed), n)
 	}
-	// The spawn's containers share one overlay superblock. A kernel that
-	// cannot clone a detached mount gives each its own, never a mix.
+	// The spawn's containers share one overlay superblock where the kernel
+	// can clone a detached mount; otherwise each has its own.
 	devs := map[string]int{}
 	for _, c := range listed {
 		devs[rootDevice(t, c.Pid)]++
 	}
-	switch {
-	case len(devs) == 1:
-	case len(devs) == n && kernelMajor(t) < 6:
-		t.Logf("Linux %d: a rootfs superblock per container", kernelMajor(t))
-	default:
-		t.Errorf("rootfs superblocks of the %d containers: %v, want one shared", n, devs)
+	if want := map[bool]int{true: 1, false: n}[canCloneDetachedMount(t)]; len(devs) != want {
+		t.Errorf("rootfs superblocks of the %d containers: %v, want %d", n, devs, want)
 	}
 	client := &http.Client{Timeout: 5 * time.Second}
 	for _, c := range listed {
@@ -845,25 +841,40 @@ func TestSeccomp(t *testing.T) {
 // rootDevice returns the device (major:minor) of the mount at / of pid.
 func rootDevice(t *testing.T, pid int) string {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	mounts, err := mountinfo.PidMountInfo(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) > 4 && f[4] == "/" {
-			return f[2]
+	for _, m := range mounts {
+		if m.Mountpoint == "/" {
+			return fmt.Sprintf("%d:%d", m.Major, m.Minor)
 		}
 	}
 	t.Fatalf("pid %d: no mount at /", pid)
 	return ""
 }
 
-func kernelMajor(t *testing.T) int {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		t.Fatal(err)
+// canCloneDetachedMount reports whether this kernel lets open_tree clone a
+// mount made by fsmount, as the runtime's shared rootfs needs.
+func canCloneDetachedMount(t *testing.T) bool {
+	t.Helper()
+	fd, err := unix.Fsopen("tmpfs", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return false
 	}
-	var major int
-	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d", &major)
-	return major
+	defer unix.Close(fd)
+	if unix.FsconfigCreate(fd) != nil {
+		return false
+	}
+	mfd, err := unix.Fsmount(fd, unix.FSMOUNT_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(mfd)
+	c, err := unix.OpenTree(mfd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	if err != nil {
+		return false
+	}
+	unix.Close(c)
+	return true
 }

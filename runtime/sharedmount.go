@@ -25,22 +25,23 @@ import (
 // dentries and inodes of the image's files are cached once, too.
 //
 // Kernels that cannot clone a detached mount (open_tree of one fails
-// before Linux 6.x) get nil, and each launcher mounts the overlay itself.
+// on older kernels) get an error, and each launcher mounts the overlay
+// itself.
 type sharedRootfs struct {
 	f *os.File // the detached mount; closing it frees it once no clone is left
 }
 
-// newSharedRootfs makes the group's detached overlay mount, or returns nil
-// when the kernel cannot (the caller falls back to a mount per container).
-func newSharedRootfs(m image.Mount) *sharedRootfs {
+// newSharedRootfs makes the group's detached overlay mount. An error says
+// why the kernel cannot; the caller then mounts one per container.
+func newSharedRootfs(m image.Mount) (*sharedRootfs, error) {
 	fd, err := unix.Fsopen(m.Type, unix.FSOPEN_CLOEXEC)
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("fsopen %s: %w", m.Type, err)
 	}
 	defer unix.Close(fd)
 	var attr int
 	if err := unix.FsconfigSetString(fd, "source", m.Source); err != nil {
-		return nil
+		return nil, fmt.Errorf("fsconfig source: %w", err)
 	}
 	for _, o := range m.Options {
 		k, v, hasValue := strings.Cut(o, "=")
@@ -56,25 +57,25 @@ func newSharedRootfs(m image.Mount) *sharedRootfs {
 			err = unix.FsconfigSetFlag(fd, k)
 		}
 		if err != nil {
-			return nil
+			return nil, fmt.Errorf("fsconfig %s: %w", k, err)
 		}
 	}
 	if err := unix.FsconfigCreate(fd); err != nil {
-		return nil
+		return nil, fmt.Errorf("fsconfig create: %w", err)
 	}
 	mfd, err := unix.Fsmount(fd, unix.FSMOUNT_CLOEXEC, attr)
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("fsmount: %w", err)
 	}
 	s := &sharedRootfs{f: os.NewFile(uintptr(mfd), "pirun-rootfs")}
 	// Can this kernel clone it? Try once here rather than per container.
 	c, err := s.clone()
 	if err != nil {
 		s.f.Close()
-		return nil
+		return nil, fmt.Errorf("open_tree of a detached mount: %w", err)
 	}
 	unix.Close(c)
-	return s
+	return s, nil
 }
 
 func (s *sharedRootfs) clone() (int, error) {
