@@ -2,10 +2,11 @@
 //
 // Layout under the store root (default /var/lib/pirun):
 //
-//	oci/            an OCI image layout holding every blob by digest
-//	                (copied by containers/image, which verifies each blob;
-//	                oci-put-blob* are blobs being written); its index.json
-//	                lists each imported manifest once, unnamed
+//	oci/            an OCI image layout holding the manifests and configs
+//	                by digest (copied by containers/image, which verifies
+//	                each blob; oci-put-blob* are blobs being written), but
+//	                no layer blob: layers are kept unpacked only; its
+//	                index.json lists each imported manifest once, unnamed
 //	layers/<id>/    each layer unpacked once, keyed by the first 16 hex
 //	                digits of its chain ID; never written again after the
 //	                atomic rename that publishes it:
@@ -35,13 +36,14 @@
 // them) and from archives ([Store.Import] is Pull limited to archives). It
 // first resolves the reference to one image manifest (the host's platform,
 // or [WithPlatform], from an index); an image whose manifest the store
-// already holds is recorded without any blob transfer. Otherwise
-// containers/image copies the blobs into oci/ (verified, each blob written
-// once) from the source opened to resolve (one ping and one manifest
-// request to a registry, one extraction of an archive), and each new layer
-// is unpacked while it downloads: the layout's destination is wrapped so
-// that PutBlob tees the stream into the unpacker (stream.go), then the
-// config's diff_ids check and publish the trees. containers/image's on-disk
+// already holds is recorded without any blob transfer. Otherwise the pull
+// reads the image's config and containers/image copies the image from the
+// source opened to resolve (one ping and one manifest request to a
+// registry, one extraction of an archive): manifest and config into oci/,
+// each layer blob (verified) straight into the unpacker while it
+// downloads, and no layer blob the store holds unpacked under the same
+// chain ID (stream.go). The config's diff_ids then check and publish the
+// trees. containers/image's on-disk
 // blob info cache is replaced by its in-memory one, so a pull writes
 // nothing outside the root.
 //
@@ -64,17 +66,20 @@
 // store writes the blobs itself too, without the fsync per blob of
 // containers/image's layout destination (which fsyncs neither the
 // directory a blob is renamed into, nor the manifest, nor index.json).
-// Once every layer of the image is unpacked and checked, one syncfs of the
-// store's file system makes all of it durable. Only then are the
+// Each layer streamed in is followed by a syncfs of the store's file
+// system, which writes it back while the other layers still download; once
+// every layer of the image is unpacked and checked, a last syncfs makes
+// all of it durable. Only then are the
 // layers/.tmp-* directories renamed to their layer directories and
 // layers/ fsynced, and only then is images.json replaced (written to a
 // temp file, fsynced, renamed, its directory fsynced). A crash before the
 // renames leaves .tmp-* directories and oci-put-blob* files, which the
 // next pull removes; a crash between the renames and the record leaves
 // complete layers that no record uses yet, which the next pull of the
-// image finds (and [Store.Prune] removes). The syncfs also waits for
-// whatever else is being written to the same file system; it is one per
-// pull, not one per layer.
+// image finds (and [Store.Prune] removes). A syncfs also waits for
+// whatever else is being written to the same file system; the ones per
+// layer run while the pull still downloads, so only the last one delays
+// it.
 //
 // Layers are unpacked by the store's own extractor (extract.go), which
 // replaced umoci's: a layer goes into a fresh, empty directory of its own,

@@ -159,11 +159,11 @@ func (s *Store) unpackImage(ctx context.Context, src string, mfBytes []byte, str
 		if err := diffID.Validate(); err != nil {
 			return nil, nil, fmt.Errorf("pull %s: layer %s: %w: diff_id %q: %w", src, l.Digest, ErrInvalidLayer, diffID, err)
 		}
-		if i == 0 {
-			chains[i] = diffID
-		} else {
-			chains[i] = digest.FromString(chains[i-1].String() + " " + diffID.String())
+		var parent digest.Digest
+		if i > 0 {
+			parent = chains[i-1]
 		}
+		chains[i] = nextChainID(parent, diffID)
 	}
 	// Each layer is unpacked into a directory of its own: all at once,
 	// a few at a time (unpacking waits on the disk more than on the CPU).

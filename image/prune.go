@@ -119,11 +119,7 @@ func (s *Store) Prune(ctx context.Context, opts ...PruneOption) (_ PruneReport, 
 		}
 		var chain digest.Digest
 		for _, diffID := range cfg.RootFS.DiffIDs {
-			if chain == "" {
-				chain = diffID
-			} else {
-				chain = digest.FromString(chain.String() + " " + diffID.String())
-			}
+			chain = nextChainID(chain, diffID)
 			layers[shortID(chain)] = true
 		}
 	}

@@ -1,9 +1,12 @@
 package image
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"maps"
 	"os"
@@ -18,6 +21,7 @@ import (
 	"github.com/containers/image/v5/manifest"
 	ociarchive "github.com/containers/image/v5/oci/archive"
 	ocilayout "github.com/containers/image/v5/oci/layout"
+	"github.com/containers/image/v5/pkg/blobinfocache/none"
 	"github.com/containers/image/v5/signature"
 	"github.com/containers/image/v5/types"
 	digest "github.com/opencontainers/go-digest"
@@ -242,7 +246,7 @@ func (s *Store) Pull(ctx context.Context, ref string, opts ...ImportOption) (_ *
 	}
 
 	s.log.DebugContext(ctx, "copying image", "ref", ref, "digest", instance)
-	streamed := &streamedLayers{dir: s.path(layersDirName), m: map[digest.Digest]*streamedLayer{}}
+	streamed := &streamedLayers{dir: s.path(layersDirName), held: s.heldLayers(ctx, resolved), m: map[digest.Digest]*streamedLayer{}}
 	defer streamed.cleanup()
 	mfBytes, err := s.copyIn(ctx, sys, resolvedRef{ImageReference: srcRef, src: resolved}, streamed, o.progress)
 	if err != nil {
@@ -427,6 +431,73 @@ type resolvedSource struct {
 	// ref, if not nil, is the reference the copy sees (for a registry,
 	// the image pinned by digest).
 	ref types.ImageReference
+	// config, if not nil, is the image's config blob of digest configDigest,
+	// read (and verified) before the copy, which then reads it from here.
+	config       []byte
+	configDigest digest.Digest
+}
+
+// GetBlob serves the config read already from memory, the rest from the
+// source.
+func (rs *resolvedSource) GetBlob(ctx context.Context, info types.BlobInfo, cache types.BlobInfoCache) (io.ReadCloser, int64, error) {
+	if rs.config != nil && info.Digest == rs.configDigest {
+		return io.NopCloser(bytes.NewReader(rs.config)), int64(len(rs.config)), nil
+	}
+	return rs.ImageSource.GetBlob(ctx, info, cache)
+}
+
+// maxConfigSize bounds the config blob read before the copy.
+const maxConfigSize = 8 << 20
+
+// heldLayers returns the layer blobs of the resolved image whose layers
+// the store holds unpacked, under the chain ID of every place the image
+// uses them, so the copy need not download them (the store keeps no
+// layer blob). It reads the image's config from the source for the
+// diff_ids, and keeps it for the copy. Any failure leaves nothing held:
+// the copy then downloads every layer, and reports what fails.
+func (s *Store) heldLayers(ctx context.Context, rs *resolvedSource) map[digest.Digest]bool {
+	m, err := manifest.FromBlob(rs.manifest, rs.mimeType)
+	if err != nil {
+		return nil
+	}
+	ci := m.ConfigInfo()
+	if ci.Digest == "" || ci.Digest.Validate() != nil || ci.Size < 0 || ci.Size > maxConfigSize {
+		return nil // schema 1 has no config blob
+	}
+	r, _, err := rs.ImageSource.GetBlob(ctx, ci, none.NoCache)
+	if err != nil {
+		s.log.DebugContext(ctx, "reading the config before the copy", "digest", ci.Digest, "err", err)
+		return nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r, maxConfigSize+1))
+	_ = r.Close()
+	if err != nil || ci.Digest.Algorithm().FromBytes(b) != ci.Digest {
+		return nil
+	}
+	rs.config, rs.configDigest = b, ci.Digest
+	var cfg ispec.Image
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return nil
+	}
+	layers := m.LayerInfos()
+	if len(cfg.RootFS.DiffIDs) != len(layers) {
+		return nil
+	}
+	held := map[digest.Digest]bool{}
+	var chain digest.Digest
+	for i, l := range layers {
+		diffID := cfg.RootFS.DiffIDs[i]
+		if diffID.Validate() != nil {
+			return nil
+		}
+		chain = nextChainID(chain, diffID)
+		_, err := existingLayer(s.layerDir(chain), chain)
+		if ok, seen := held[l.Digest]; seen && !ok {
+			continue
+		}
+		held[l.Digest] = err == nil
+	}
+	return held
 }
 
 // GetManifest returns the resolved image manifest as the top-level one.

@@ -360,6 +360,32 @@ func TestPullLayers(t *testing.T) {
 	if n := len(reg.BlobGets()) - gets; n != 2 { // its config and its top layer
 		t.Errorf("second image fetched %d blobs, want 2 (the shared layer is held)", n)
 	}
+
+	// The same blob on another parent is another layer: downloaded again
+	// (the store keeps no layer blob) and unpacked under its own chain ID.
+	pushImage(t, reg, "layers:3", imagebuild.Image{Platform: HostPlatform(), Layers: [][]byte{reg2("under"), base}})
+	gets = len(reg.BlobGets())
+	img3, err := s.Pull(ctx, reg.Ref("layers:3"), WithTLSVerify(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(reg.BlobGets()) - gets; n != 3 {
+		t.Errorf("third image fetched %d blobs, want 3 (config and both layers)", n)
+	}
+	if img3.ChainIDs[1] == img.ChainIDs[0] {
+		t.Errorf("layers:3: the base layer on another parent has the same chain ID")
+	}
+	for i, f := range []string{"under", "a/keep"} {
+		if _, err := os.Lstat(filepath.Join(s.layerDir(img3.ChainIDs[i]), layerTreeName, f)); err != nil {
+			t.Errorf("layers:3: layer %d: %v", i, err)
+		}
+	}
+
+	// Only manifests and configs are kept as blobs: 3 of each.
+	blobs, err := os.ReadDir(s.path(ociDirName, "blobs", "sha256"))
+	if err != nil || len(blobs) != 6 {
+		t.Errorf("oci/blobs/sha256 holds %d blobs (%v), want 6: 3 manifests and 3 configs, no layer", len(blobs), err)
+	}
 	assertNoTemp(t, s)
 }
 
@@ -605,8 +631,8 @@ func TestRemovePrune(t *testing.T) {
 		t.Errorf("prune keeping p:1: %+v, %v", rep, err)
 	}
 	rep, err := s.Prune(ctx)
-	if err != nil || rep.Blobs != 3 || rep.Layers != 1 { // manifest, config, layer "one"
-		t.Errorf("prune = %+v, %v; want 3 blobs and 1 layer", rep, err)
+	if err != nil || rep.Blobs != 2 || rep.Layers != 1 { // manifest and config (no layer blob is kept), layer "one"
+		t.Errorf("prune = %+v, %v; want 2 blobs and 1 layer", rep, err)
 	}
 	if _, err := s.RootfsMount(two); err != nil {
 		t.Errorf("p:2 lost a layer to prune: %v", err)

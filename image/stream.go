@@ -13,13 +13,23 @@ import (
 )
 
 // Layers are unpacked while they are downloaded: the store's OCI layout
-// is wrapped in a destination whose PutBlob tees each layer blob into an
-// unpacker. The unpacked tree waits in layers/.tmp-* until the config
-// gives its diff_id and chain ID; prepareLayer then checks it and
-// publishLayers publishes it (or, if the layer is already there or the
-// blob failed, it is removed).
+// is wrapped in a destination whose PutBlob streams each layer blob into
+// an unpacker, and keeps no copy of the compressed blob (as Docker and
+// podman keep none): the layer directory is what the store needs, and
+// writing the blob too would cost a third more bytes written and kept
+// (6 MB more for a 12 MB image). The unpacked tree waits in
+// layers/.tmp-* until the config gives its diff_id and chain ID;
+// prepareLayer then checks it and publishLayers publishes it (or, if the
+// layer is already there or the blob failed, it is removed).
 // Unpacking stays confined to its own fresh directory, so unverified
 // bytes can do no harm before the blob's digest is checked at its end.
+//
+// Without the blobs, whether a layer blob need not be downloaded again is
+// answered from the layer directories: before the copy the pull reads the
+// image's config, computes each layer's chain ID, and tells the
+// destination which blobs are unpacked, under the right chain, at every
+// place the image uses them (TryReusingBlob). A blob the store holds
+// under another parent only is downloaded again.
 
 // streamedLayer is a layer blob unpacked during its download.
 type streamedLayer struct {
@@ -32,8 +42,11 @@ type streamedLayer struct {
 // streamedLayers collects the layers unpacked during one copy.
 type streamedLayers struct {
 	dir string // layers/
-	mu  sync.Mutex
-	m   map[digest.Digest]*streamedLayer
+	// held are the layer blobs of the image whose layers the store holds
+	// already (see Store.heldLayers); set before the copy, read only.
+	held map[digest.Digest]bool
+	mu   sync.Mutex
+	m    map[digest.Digest]*streamedLayer
 }
 
 // cleanup removes the temp directories no prepareLayer took over.
@@ -63,15 +76,27 @@ func (r unpackingRef) NewImageDestination(ctx context.Context, sys *types.System
 	return &unpackingDest{ImageDestination: d, store: r.store, layers: r.layers}, nil
 }
 
-// unpackingDest writes blobs into the store's OCI layout itself, as the
-// layout's own destination does but without an fsync per blob: the pull
-// makes everything it wrote durable with one syncfs before it publishes
-// anything (see publishLayers). Manifests and index.json are left to the
-// layout's destination.
+// unpackingDest unpacks layer blobs and writes the other blobs (configs)
+// into the store's OCI layout itself, as the layout's own destination
+// does but without an fsync per blob: the pull makes everything it wrote
+// durable with one syncfs before it publishes anything (see
+// publishLayers). Manifests and index.json are left to the layout's
+// destination.
 type unpackingDest struct {
 	types.ImageDestination
 	store  *Store
 	layers *streamedLayers
+}
+
+// TryReusingBlob reports a layer blob whose layers the store holds as
+// present, so that the copy does not download it; otherwise it asks the
+// layout, which may hold the blob itself (stores written before layer
+// blobs were dropped keep them until pruned).
+func (d *unpackingDest) TryReusingBlob(ctx context.Context, info types.BlobInfo, cache types.BlobInfoCache, canSubstitute bool) (bool, types.BlobInfo, error) {
+	if d.layers.held[info.Digest] && info.Size >= 0 {
+		return true, types.BlobInfo{Digest: info.Digest, Size: info.Size}, nil
+	}
+	return d.ImageDestination.TryReusingBlob(ctx, info, cache, canSubstitute)
 }
 
 func (d *unpackingDest) PutBlob(ctx context.Context, stream io.Reader, info types.BlobInfo, cache types.BlobInfoCache, isConfig bool) (types.BlobInfo, error) {
@@ -92,19 +117,32 @@ func (d *unpackingDest) PutBlob(ctx context.Context, stream io.Reader, info type
 		}
 		// Never hold the download up: drain what the unpacker left.
 		_, _ = io.Copy(io.Discard, pr)
+		if l.err == nil {
+			// Start the layer's writeback now, while other layers still
+			// download: the syncfs before publishing (publishLayers) then
+			// finds little left to write. Measured on a 12 MB pull of 3
+			// layers, alternating with skopeo 30 times: 11-15 ms less.
+			// A failure here is the final syncfs's to report.
+			_ = syncFS(d.layers.dir)
+		}
 	}()
-	bi, err := d.writeBlob(io.TeeReader(stream, pw), info)
+	// The copy verifies the stream against info.Digest: read to its end
+	// without an error, it matches.
+	size, err := io.Copy(pw, stream)
+	if err == nil && info.Size != -1 && size != info.Size {
+		err = fmt.Errorf("blob %s: size %d, want %d", info.Digest, size, info.Size)
+	}
 	if err != nil {
 		pw.CloseWithError(err)
 	} else {
 		pw.Close()
 	}
 	<-done
-	if err != nil || bi.Digest != info.Digest {
+	if err != nil {
 		if l.tmp != "" {
 			_ = os.RemoveAll(l.tmp)
 		}
-		return bi, err
+		return types.BlobInfo{}, err
 	}
 	d.layers.mu.Lock()
 	if old := d.layers.m[info.Digest]; old != nil && old.tmp != "" {
@@ -112,7 +150,7 @@ func (d *unpackingDest) PutBlob(ctx context.Context, stream io.Reader, info type
 	}
 	d.layers.m[info.Digest] = l
 	d.layers.mu.Unlock()
-	return bi, nil
+	return types.BlobInfo{Digest: info.Digest, Size: size}, nil
 }
 
 // writeBlob writes stream to the layout's blob of info's digest (computed

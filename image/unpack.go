@@ -81,6 +81,12 @@ func (s *Store) prepareLayer(ctx context.Context, desc ispec.Descriptor, diffID,
 		}
 		size = pre.size
 	} else {
+		// Not streamed: the copy found the blob in oci/ (a store written
+		// before layer blobs were dropped, or a layer of a media type the
+		// streaming unpacker leaves alone).
+		if _, err := os.Stat(s.blobPath(desc.Digest)); err != nil {
+			return layerMeta{}, "", fmt.Errorf("neither the layer (chain ID %s) nor its blob is in the store: %w", chain, err)
+		}
 		if tmp, err = newLayerTemp(s.path(layersDirName), shortID(chain)); err != nil {
 			return layerMeta{}, "", err
 		}
@@ -162,6 +168,15 @@ func newLayerTemp(layers, name string) (string, error) {
 		return "", err
 	}
 	return tmp, nil
+}
+
+// nextChainID is the chain ID of the layer diffID on top of the layers of
+// chain ID parent ("" for none): the OCI image spec's definition.
+func nextChainID(parent, diffID digest.Digest) digest.Digest {
+	if parent == "" {
+		return diffID
+	}
+	return digest.FromString(parent.String() + " " + diffID.String())
 }
 
 // existingLayer returns the record of the published layer directory dir,
