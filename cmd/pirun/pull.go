@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"runtime/debug"
 	"sync"
 
 	"github.com/sirupsen/logrus"
@@ -13,6 +15,22 @@ import (
 
 	"github.com/pirun/pirun/image"
 )
+
+// pullGCPercent is the collector's GOGC for a pull (unless $GOGC is set).
+// A pull allocates buffers of a few MB that live for its ~100 ms: at
+// the default 100 a collection starts at 4 MB of heap, in the middle of
+// the unpacking, while both CPUs of a Pi 2 class machine are busy with
+// it. At 400 a pull of a 12 MB image (3 layers) runs no collection, its
+// peak RSS is unchanged (29.8 MB against 30.6 MB), and it took 10-14 ms
+// less (133 against 147 ms, pulls alternating with skopeo copy, 30 and
+// 50 rounds). The Go toolchain's compiler raises its GOGC the same way.
+const pullGCPercent = 400
+
+func pullGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(pullGCPercent)
+	}
+}
 
 func newPullCmd(g *globals) *cobra.Command {
 	var name, platform, authFile string
@@ -42,6 +60,7 @@ from the Docker config (~/.docker/config.json) or --authfile.`,
 			if err := out.check(); err != nil {
 				return err
 			}
+			pullGC()
 			s, err := g.store()
 			if err != nil {
 				return err
