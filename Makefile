@@ -14,7 +14,7 @@ IMAGE   := build/rpi-busybox-httpd.tar
 N       ?= 100
 PIRUN   := bin/pirun --root $(ROOT) --state $(STATE)
 
-.PHONY: all build image demo test lint deps clean clean-test soak scale bench cross cross-check bench-deps
+.PHONY: all build image demo test lint deps clean clean-test soak scale bench bench-pull cross cross-check bench-deps
 all: build
 
 ## deps: install what a fresh Debian machine lacks (apt packages, Go modules)
@@ -108,6 +108,12 @@ clean:
 ## bench-deps: install Docker, podman and crun from Debian, for make bench
 bench-deps: deps
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io podman crun uidmap skopeo iptables >/dev/null
+
+## bench-pull: pulls of a 12 MB, 3-layer image from a local registry, alternating
+## pirun (API and binary) with skopeo copy (ROUNDS=31 of each); medians and ratios
+ROUNDS ?= 31
+bench-pull: deps build
+	PIRUN_BIN=$(CURDIR)/bin/pirun $(GO) test -tags $(TAGS) -run '^$$' -bench PullVsSkopeo -benchtime $(ROUNDS)x ./image/
 
 ## bench: pirun, Docker, tuned Docker and podman, N=100 and 1000 replicas each, in turns
 ## (N=..., REPEAT=3, RUNTIMES=..., BENCH_TIMEOUT=per-run start budget); writes bench/results/
