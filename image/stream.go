@@ -118,11 +118,11 @@ func (d *unpackingDest) PutBlob(ctx context.Context, stream io.Reader, info type
 		// Never hold the download up: drain what the unpacker left.
 		_, _ = io.Copy(io.Discard, pr)
 		if l.err == nil {
-			// Start the layer's writeback now, while other layers still
+			// Write the layer back now, while other layers still
 			// download: the syncfs before publishing (publishLayers) then
-			// finds little left to write. Measured on a 12 MB pull of 3
-			// layers, alternating with skopeo 30 times: 11-15 ms less.
-			// A failure here is the final syncfs's to report.
+			// finds little left to write (a 12 MB pull of 3 layers: under
+			// 1 ms instead of 15-17, by strace). A failure here is the
+			// final syncfs's to report.
 			_ = syncFS(d.layers.dir)
 		}
 	}()
