@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
+	"golang.org/x/term"
 
 	"github.com/pirun/pirun/image"
 )
@@ -126,12 +127,17 @@ type pullProgress struct {
 	mu    sync.Mutex
 	bars  map[string]*mpb.Bar
 	total map[string]int64
+	done  map[string]bool // the blobs whose bar was told it is complete
 }
 
 func newPullProgress(w io.Writer) *pullProgress {
-	pp := &pullProgress{w: w, bars: map[string]*mpb.Bar{}, total: map[string]int64{}}
-	if isTerminal(w) {
-		pp.p = mpb.New(mpb.WithOutput(w), mpb.WithWidth(40))
+	pp := &pullProgress{w: w, bars: map[string]*mpb.Bar{}, total: map[string]int64{}, done: map[string]bool{}}
+	// A terminal of no size (a pty nobody sized: script(1), some serial
+	// consoles) gets plain lines: mpb would draw nothing there.
+	if f, ok := w.(*os.File); ok && isTerminal(w) {
+		if cols, rows, err := term.GetSize(int(f.Fd())); err == nil && cols > 0 && rows > 0 {
+			pp.p = mpb.New(mpb.WithOutput(w), mpb.WithWidth(40))
+		}
 	}
 	return pp
 }
@@ -168,7 +174,12 @@ func (pp *pullProgress) report(ev image.Progress) {
 		}
 		bar.SetCurrent(ev.Offset)
 	case image.ProgressDone, image.ProgressSkipped:
+		// A bar made with its total completes when its current reaches it
+		// (SetTotal does nothing to it); one made without, by SetTotal(-1).
+		// The last read may not have been reported: a blob done is whole.
+		bar.SetCurrent(max(ev.Offset, pp.total[id]))
 		bar.SetTotal(-1, true)
+		pp.done[id] = true
 	}
 }
 
@@ -178,8 +189,10 @@ func (pp *pullProgress) wait() {
 		return
 	}
 	pp.mu.Lock()
-	for _, bar := range pp.bars {
-		if !bar.Completed() {
+	// Not bar.Completed(): mpb completes a bar at its next frame, and a bar
+	// aborted before that frame is drawn as it was, not as done.
+	for id, bar := range pp.bars {
+		if !pp.done[id] {
 			bar.Abort(false)
 		}
 	}
