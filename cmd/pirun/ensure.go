@@ -43,10 +43,18 @@ func (p *pullFlag) ensure(ctx context.Context, g *globals, ref string, quiet boo
 			return err
 		}
 	}
+	opts := []image.ImportOption{image.WithPullPolicy(policy)}
+	var prog *pullProgress
 	if !quiet && isTerminal(os.Stderr) {
 		fmt.Fprintf(os.Stderr, "pulling %s\n", ref)
+		prog = newPullProgress(os.Stderr)
+		opts = append(opts, image.WithProgress(prog.report))
 	}
-	if _, err := s.Pull(ctx, ref, image.WithPullPolicy(policy)); err != nil {
+	_, err = s.Pull(ctx, ref, opts...)
+	if prog != nil {
+		prog.wait()
+	}
+	if err != nil {
 		return fmt.Errorf("image %q is not in the store, and pulling it failed: %w", ref, err)
 	}
 	return nil
