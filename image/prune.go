@@ -60,7 +60,7 @@ func WithKeep(manifests ...digest.Digest) PruneOption {
 type PruneReport struct {
 	Blobs  int   `json:"blobs"`
 	Layers int   `json:"layers"`
-	Bytes  int64 `json:"bytes"` // blob bytes freed
+	Bytes  int64 `json:"bytes"` // bytes freed: the blobs', and the unpacked layers' (their uncompressed size)
 }
 
 // Prune removes the blobs and unpacked layer directories that no image
@@ -158,6 +158,9 @@ func (s *Store) Prune(ctx context.Context, opts ...PruneOption) (_ PruneReport, 
 	for _, e := range entries {
 		if layers[e.Name()] || strings.HasPrefix(e.Name(), ".") {
 			continue
+		}
+		if meta, err := readLayerMeta(filepath.Join(s.path(layersDirName), e.Name())); err == nil {
+			rep.Bytes += meta.Size
 		}
 		// Rename first so a half-removed layer is never taken for a whole one.
 		tmp := filepath.Join(s.path(layersDirName), tmpLayerPrefix+"rm-"+e.Name())

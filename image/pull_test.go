@@ -634,6 +634,9 @@ func TestRemovePrune(t *testing.T) {
 	if err != nil || rep.Blobs != 2 || rep.Layers != 1 { // manifest and config (no layer blob is kept), layer "one"
 		t.Errorf("prune = %+v, %v; want 2 blobs and 1 layer", rep, err)
 	}
+	if rep.Bytes < 2048 { // the layer's tar alone: a header, a block of data, the end
+		t.Errorf("prune freed %d bytes, want the layer's 2048 and the blobs'", rep.Bytes)
+	}
 	if _, err := s.RootfsMount(two); err != nil {
 		t.Errorf("p:2 lost a layer to prune: %v", err)
 	}

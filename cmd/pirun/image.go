@@ -53,7 +53,7 @@ func newImageCmd(g *globals) *cobra.Command {
 				return json.NewEncoder(w).Encode(rep)
 			case out.quiet:
 			default:
-				fmt.Fprintf(w, "removed %d blobs (%s) and %d layers\n", rep.Blobs, humanSize(rep.Bytes), rep.Layers)
+				fmt.Fprintf(w, "removed %d blobs and %d layers (%s)\n", rep.Blobs, rep.Layers, humanSize(rep.Bytes))
 			}
 			return nil
 		},
