@@ -389,6 +389,47 @@ func TestPullLayers(t *testing.T) {
 	assertNoTemp(t, s)
 }
 
+// TestPullOldStoreBlob pulls into a store written before layer blobs were
+// dropped: a layer blob found in oci/ is unpacked from there, not
+// downloaded again.
+func TestPullOldStoreBlob(t *testing.T) {
+	testutil.RequiresRoot(t)
+	ctx := testCtx(t)
+	reg := registrytest.Start(t)
+	layer := mustTar(t, imagebuild.File{Name: "old", Type: tar.TypeReg, Mode: 0o644, Data: []byte("kept as a blob")})
+	pushed := pushImage(t, reg, "old:1", imagebuild.Image{Platform: HostPlatform(), Layers: [][]byte{layer}})
+	var mf ispec.Manifest
+	readJSON(t, reg.BlobPath(pushed), &mf)
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What an older pirun left: the blob in oci/, no layer directory.
+	blob, err := os.ReadFile(reg.BlobPath(mf.Layers[0].Digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(s.blobPath(mf.Layers[0].Digest)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.blobPath(mf.Layers[0].Digest), blob, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img, err := s.Pull(ctx, reg.Ref("old:1"), WithTLSVerify(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(s.layerDir(img.ChainIDs[0]), layerTreeName, "old")); err != nil || string(got) != "kept as a blob" {
+		t.Errorf("layer unpacked from the old blob: %q, %v", got, err)
+	}
+	for _, d := range reg.BlobGets() {
+		if d == mf.Layers[0].Digest.String() {
+			t.Errorf("the layer blob held in oci/ was downloaded again")
+		}
+	}
+	assertNoTemp(t, s)
+}
+
 // assertNothingPulled checks a failed pull left no image, no unpacked
 // layer and no temp file.
 func assertNothingPulled(t *testing.T, s *Store) {
