@@ -151,15 +151,18 @@ func (s *Store) Import(ctx context.Context, src string, opts ...ImportOption) (*
 // [ErrPlatform] that lists the platforms the index offers. An image pulled
 // by digest is stored under NAME@DIGEST.
 //
-// Blobs are verified on write (digest and size), each layer's
-// uncompressed content against the config's diff_ids. Blobs and unpacked
-// layers are shared by all images; an image whose manifest the store
-// already holds is recorded without copying anything. The store's lock is
-// held from the copy to the record, so concurrent pulls (by several
-// processes) of the same image all succeed, the later ones copying
-// nothing. A pull is atomic: the image is visible once recorded; on
-// failure no image record, temp file or newly unpacked layer is left
-// (verified blobs stay in oci/ for the next pull until [Store.Prune]).
+// Blobs are verified as they arrive (digest and size), each layer's
+// uncompressed content against the config's diff_ids. Layers are kept
+// unpacked only (no compressed copy) and shared by all images: a layer
+// blob the store holds unpacked under the same chain ID is not
+// downloaded; an image whose manifest the store already holds is recorded
+// without copying anything. The store's lock is held from the copy to the
+// record, so concurrent pulls (by several processes) of the same image
+// all succeed, the later ones copying nothing. A pull is atomic: the
+// image is visible once recorded; on failure no image record, temp file
+// or newly unpacked layer is left (a config or manifest written stays in
+// oci/ until [Store.Prune]), and the next pull downloads again what
+// failed.
 func (s *Store) Pull(ctx context.Context, ref string, opts ...ImportOption) (_ *Image, err error) {
 	var o importOptions
 	for _, opt := range opts {
