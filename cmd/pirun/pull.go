@@ -20,11 +20,12 @@ import (
 // pullGCPercent is the collector's GOGC for a pull (unless $GOGC is set).
 // A pull allocates buffers of a few MB that live for its ~100 ms: at
 // the default 100 a collection starts at 4 MB of heap, in the middle of
-// the unpacking, while both CPUs of a Pi 2 class machine are busy with
-// it. At 400 a pull of a 12 MB image (3 layers) runs no collection, its
+// the unpacking, while the CPUs are busy with it. At 400 a pull of a
+// 12 MB image (3 layers) on the 2-CPU test VM runs no collection, its
 // peak RSS is unchanged (29.8 MB against 30.6 MB), and it took 10-14 ms
-// less (133 against 147 ms, pulls alternating with skopeo copy, 30 and
-// 50 rounds). The Go toolchain's compiler raises its GOGC the same way.
+// less (133 against 147 ms and 132 against 142 ms, pulls alternating
+// with skopeo copy, 50 and 30 rounds). The Go compiler raises its GOGC
+// at start for the same reason (cmd/compile's AdjustStartingHeap).
 const pullGCPercent = 400
 
 func pullGC() {
