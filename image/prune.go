@@ -64,8 +64,10 @@ type PruneReport struct {
 }
 
 // Prune removes the blobs and unpacked layer directories that no image
-// record (and no manifest of [WithKeep]) references, and drops the other
-// manifests from the OCI layout's index.json. It holds the store's lock.
+// record (and no manifest of [WithKeep]) references, and every layer blob
+// (the store keeps layers unpacked only; older pirun versions kept the
+// blobs too), and drops the other manifests from the OCI layout's
+// index.json. It holds the store's lock.
 func (s *Store) Prune(ctx context.Context, opts ...PruneOption) (_ PruneReport, err error) {
 	var o pruneOptions
 	for _, opt := range opts {
@@ -104,10 +106,10 @@ func (s *Store) Prune(ctx context.Context, opts ...PruneOption) (_ PruneReport, 
 		if err := json.Unmarshal(b, &m); err != nil {
 			return rep, fmt.Errorf("prune: manifest %s: %w", md, err)
 		}
+		// Layer blobs are not kept: a layer is used unpacked. Those an
+		// older pirun stored go too (the next pull of an image whose
+		// layer directory is gone downloads it again).
 		blobs[md], blobs[m.Config.Digest] = true, true
-		for _, l := range m.Layers {
-			blobs[l.Digest] = true
-		}
 		index = append(index, ispec.Descriptor{MediaType: ispec.MediaTypeImageManifest, Digest: md, Size: int64(len(b))})
 		cb, err := s.readBlob(m.Config.Digest)
 		if err != nil {

@@ -427,6 +427,16 @@ func TestPullOldStoreBlob(t *testing.T) {
 			t.Errorf("the layer blob held in oci/ was downloaded again")
 		}
 	}
+	// Prune drops the old blob, not the layer unpacked from it.
+	if rep, err := s.Prune(ctx); err != nil || rep.Blobs != 1 || rep.Layers != 0 {
+		t.Errorf("prune of the old layer blob: %+v, %v; want 1 blob, 0 layers", rep, err)
+	}
+	if _, err := os.Stat(s.blobPath(mf.Layers[0].Digest)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the old layer blob is still there: %v", err)
+	}
+	if _, err := s.RootfsMount(img); err != nil {
+		t.Errorf("the image lost its layer to prune: %v", err)
+	}
 	assertNoTemp(t, s)
 }
 
