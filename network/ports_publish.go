@@ -488,7 +488,11 @@ func (b *Bridge) forgetFlows(addrs []netip.Addr) {
 	if len(filters) == 0 {
 		return
 	}
-	n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, filters...)
+	var n uint
+	err := b.inHost(func() (err error) { // the table of the namespace the rules are in
+		n, err = netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, filters...)
+		return err
+	})
 	if err != nil {
 		b.log.Warn("forget the flows of unpublished replicas", "network", b.name, "error", err)
 		return

@@ -232,7 +232,7 @@ type group struct {
 	img   *image.Image
 	mount image.Mount
 	// shared is the group's one overlay superblock (nil: a mount per
-	// container); the os.File in it closes when the group is collected.
+	// container); close releases it once the group starts no more.
 	shared *sharedRootfs
 	tmpl   *template
 	drv    network.Driver  // nil for the host network and none
@@ -268,10 +268,19 @@ func (r *Runtime) prepare(ctx context.Context, cfg Config) (*group, error) {
 		r.log.Debug("a rootfs mount per container", "image", img.Name, "reason", err)
 	}
 	if g.drv, err = r.driver(&cfg); err != nil {
+		g.close()
 		return nil, err
 	}
 	g.net, _ = g.drv.(*network.Bridge)
 	return g, nil
+}
+
+// close releases the group's detached rootfs mount; the containers keep
+// their clones of it.
+func (g *group) close() {
+	if g.shared != nil {
+		g.shared.f.Close()
+	}
 }
 
 // lowerdirs returns the lowerdirs of an overlay mount spec, top first.
@@ -388,6 +397,12 @@ func (r *Runtime) spawn(ctx context.Context, cfg Config, n int, exact bool, stdi
 	if err != nil {
 		return nil, err
 	}
+	supervised := false // a supervisor keeps g to restart its containers
+	defer func() {
+		if !supervised {
+			g.close()
+		}
+	}()
 	// Limits first: a start that cannot finish makes nothing.
 	if err := r.checkLimits(ctx, g, n); err != nil {
 		return nil, err
@@ -568,6 +583,7 @@ feed:
 	}
 	if restartPolicy(cfg.Restart, stdio) != "" {
 		r.supervise(g, cs)
+		supervised = true
 	}
 	return cs, nil
 }
